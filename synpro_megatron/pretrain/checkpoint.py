@@ -1,0 +1,112 @@
+"""Megatron distributed checkpoints: run_dir/checkpoints/iter_XXXXXXX + a `latest` file.
+
+A checkpoint holds global (unsharded) tensors, so it loads at any TP/PP/DP layout. The `latest`
+file is written (atomically) only after every rank finished saving: a crash mid-save leaves the
+previous checkpoint as the one to resume from.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def checkpoint_dir(run_dir: str, step: int) -> str:
+    return os.path.join(checkpoint_root(run_dir), f"iter_{step:07d}")
+
+
+def latest_checkpoint(run_dir_or_root: str) -> Optional[str]:
+    """Path of the newest complete checkpoint, or None. Accepts a run dir or its checkpoints/ folder."""
+    root = run_dir_or_root
+    if os.path.isdir(os.path.join(root, "checkpoints")):
+        root = os.path.join(root, "checkpoints")
+    marker = os.path.join(root, "latest")
+    if not os.path.exists(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        text = f.read().strip()
+    try:
+        step = int(text)
+    except ValueError:
+        raise ValueError(f"{marker}: expected a step number, found {text!r}") from None
+    path = os.path.join(root, f"iter_{step:07d}")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{marker} names step {step} but {path} does not exist")
+    return path
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint dir, a checkpoints/ root or a run dir -> the checkpoint dir to load."""
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no Megatron distributed checkpoint at {path} (no metadata.json or latest file)")
+    return found
+
+
+def _state(gpt_model, optimizer, scheduler, is_loading: bool, extra: dict):
+    msd = gpt_model.sharded_state_dict()
+    state = {"model": msd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(msd, is_loading=is_loading)
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    state.update(extra)
+    return state
+
+
+def save_checkpoint(run_dir: str, step: int, gpt_model, optimizer, scheduler, extra: dict) -> str:
+    from megatron.core import dist_checkpointing
+
+    path = checkpoint_dir(run_dir, step)
+    if dist.get_rank() == 0:
+        os.makedirs(path, exist_ok=True)
+    dist.barrier()
+    dist_checkpointing.save(_state(gpt_model, optimizer, scheduler, False, {"synpro": extra}), path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        marker = os.path.join(checkpoint_root(run_dir), "latest")
+        tmp = marker + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{step}\n")
+        os.replace(tmp, marker)
+        with open(os.path.join(path, "synpro_state.json"), "w", encoding="utf-8") as f:
+            json.dump(extra, f, indent=1)
+    dist.barrier()
+    return path
+
+
+def load_checkpoint(path: str, gpt_model, optimizer=None, scheduler=None) -> dict:
+    """Load model (+ optimizer, scheduler) state; returns the SynPro extra state saved with it."""
+    from megatron.core import dist_checkpointing
+
+    path = resolve_checkpoint(path)
+    try:
+        state = dist_checkpointing.load(_state(gpt_model, optimizer, scheduler, True, {}), path)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the checkpoint
+        raise RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    gpt_model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "opt_param_scheduler" in state:
+        scheduler.load_state_dict(state["opt_param_scheduler"])
+    extra = state.get("synpro", {})
+    return extra if isinstance(extra, dict) else {}
+
+
+def set_seed_everywhere(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

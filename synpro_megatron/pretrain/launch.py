@@ -1,0 +1,114 @@
+"""`synpro pretrain` and `python -m synpro_megatron.pretrain`.
+
+Run it under torchrun (the normal cluster path), or give `--nproc-per-node N` and it re-executes
+itself under torchrun on this node. One process with no launcher also works (TP=PP=1).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from synpro_megatron.pretrain.config import MODEL_CONFIGS, PretrainConfig
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="model", default="tiny", choices=sorted(MODEL_CONFIGS), help="model size")
+    p.add_argument("--data", required=True, help="prefix written by `synpro prepare`")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument("--nproc-per-node", type=int, default=None,
+                   help="launch this many processes with torchrun (default: tp*pp when not under torchrun)")
+    p.add_argument("--max-steps", type=int, default=100)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--global-batch", type=int, default=8)
+    p.add_argument("--seq-len", dest="seq_length", type=int, default=None)
+    p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--num-attention-heads", type=int, default=None)
+    p.add_argument("--ffn-hidden-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--min-lr", type=float, default=6e-5)
+    p.add_argument("--lr-warmup-steps", type=int, default=10)
+    p.add_argument("--lr-decay-style", choices=["cosine", "constant", "linear"], default="cosine")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument("--eval-interval", type=int, default=20)
+    p.add_argument("--eval-iters", type=int, default=4)
+    p.add_argument("--reference", default=None, help="reference-set JSONL (default: packaged reference_qa.jsonl)")
+    p.add_argument("--reference-field", default="text")
+    p.add_argument("--save-interval", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoints/latest")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--blend-schedule", default=None, help="BlendSchedule JSON/YAML over organic + synthetic sources")
+    p.add_argument("--synthetic", action="append", default=[], metavar="NAME=PREFIX",
+                   help="a synthetic source of the blend schedule (repeatable)")
+    p.add_argument("--stop-at-sample", type=int, default=None)
+
+
+def config_from_args(args) -> PretrainConfig:
+    synthetic = {}
+    for item in args.synthetic:
+        name, sep, prefix = item.partition("=")
+        if not sep or not name or not prefix:
+            raise ValueError(f"--synthetic expects NAME=PREFIX, got {item!r}")
+        synthetic[name] = prefix
+    fields = {f: getattr(args, f) for f in (
+        "run_dir", "data", "model", "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+        "seq_length", "tokenizer", "tp", "pp", "micro_batch", "global_batch", "max_steps", "lr", "min_lr",
+        "lr_warmup_steps", "lr_decay_style", "weight_decay", "clip_grad", "seed", "dropout", "bf16",
+        "eval_interval", "eval_iters", "reference", "reference_field", "save_interval", "resume",
+        "blend_schedule", "stop_at_sample")}
+    return PretrainConfig(**fields, synthetic=synthetic)
+
+
+def _under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_command(nproc: int, argv) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "synpro_megatron.pretrain", *argv]
+
+
+def main(argv=None) -> int:
+    from synpro_megatron.cli import quiet_optional_dependency_warnings
+
+    quiet_optional_dependency_warnings()
+    parser = argparse.ArgumentParser(prog="synpro pretrain")
+    add_pretrain_args(parser)
+    args = parser.parse_args(argv)
+    return run(args, sys.argv[1:] if argv is None else list(argv))
+
+
+def run(args, argv) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"synpro pretrain: error: {e}", file=sys.stderr)
+        return 2
+    nproc = args.nproc_per_node or cfg.tp * cfg.pp
+    if not _under_torchrun() and nproc > 1:
+        argv = [a for a in argv if a != "pretrain"]
+        return subprocess.call(torchrun_command(nproc, argv))
+    from synpro_megatron.pretrain.trainer import destroy_distributed, pretrain
+
+    try:
+        summary = pretrain(cfg)
+    finally:
+        destroy_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"pretrain done: step {summary['step']}, {summary['tokens']} tokens, "
+              f"checkpoint {summary['checkpoint']}")
+    return 143 if summary.get("preempted") else 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a GPT model with megatron-core (TP/PP/DP)")
+    add_pretrain_args(p)
+    p.set_defaults(func=lambda a: run(a, sys.argv[2:]))
