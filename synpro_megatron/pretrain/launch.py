@@ -99,7 +99,11 @@ def run(args, argv) -> int:
     from synpro_megatron.pretrain.trainer import destroy_distributed, pretrain
 
     try:
+        cfg.validate(int(os.environ.get("WORLD_SIZE", 1)))
         summary = pretrain(cfg)
+    except (ValueError, FileNotFoundError) as e:  # bad config or inputs: one clear line, no traceback
+        print(f"synpro pretrain: error: {e}", file=sys.stderr)
+        return 2
     finally:
         destroy_distributed()
     if os.environ.get("RANK", "0") == "0":
