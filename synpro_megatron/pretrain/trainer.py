@@ -45,12 +45,13 @@ def init_distributed(tp: int, pp: int, seed: int) -> None:
 
         enable_cpu_mode()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a single process without torchrun
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
+        backend = "nccl" if cuda else "gloo"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        if "RANK" in os.environ:  # torchrun / srun: rendezvous from the environment
+            dist.init_process_group(backend)
+        else:  # one plain process; no environment changes, so child processes do not inherit a port
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     if cuda:

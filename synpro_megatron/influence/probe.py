@@ -1,0 +1,260 @@
+"""InfluenceProbe: how much would training on a text lower the reference-set loss, right now?
+
+For a text x with gradient g_x of its mean per-token loss, one SGD step of size lr changes the
+reference loss by  ΔL_ref ≈ -lr · <g_x, g_ref>  (first order; g_ref is the gradient of the reference
+loss, the mean over reference documents of their mean per-token loss). `score(texts)` returns the
+predicted *drop*  lr · <g_x, g_ref>  (higher = more useful), summed over every linear layer of the
+GPT and estimated with the Kronecker (LoGra) projection  Ĝ = P_out G P_in^T  (k x k per layer):
+
+    score(x) = lr · Σ_layers <Ĝ_x, Ĝ_ref>,   Ĝ_x = Σ_t (P_out g_t)(P_in x_t)^T  (fused kernel).
+
+The SynPro reward is `reward(outputs, sources) = score(outputs) - score(sources)`.
+
+Projections (`projection=`):
+  * "reference" (default): P_out, P_in are the top-k left/right singular vectors of the layer's
+    reference gradient G_ref, so Ĝ_ref = diag(σ_1..σ_k) and the score is the exact first-order score
+    against the rank-k truncation of G_ref. Reference gradients have fast-decaying spectra, so this
+    matches the exact score almost perfectly at k = 8-32 (measured: Pearson 1.00 on the tiny model,
+    against 0.4-0.85 for random factors of the same size).
+  * "random": Gaussian factors drawn from (seed, layer name, shard offset) (projections.py): a
+    reference-agnostic sketch whose per-document Ĝ_x can be stored and compared with any reference.
+`mode="exact"` computes the unprojected first-order score  lr · Σ_layers Σ_t g_t^T G_ref x_t.
+
+Layout independence: G_ref comes from one ordinary backward pass, each TP-sharded weight gradient
+is gathered to the full (d_out, d_in) matrix, projections are sliced back to each rank's shard,
+partial projections are summed over the TP group and layer scores over the pipeline stages. So one
+checkpoint scores the same at TP=1, TP=2 or PP=2. The per-layer reference factors are computed once
+per (checkpoint, reference set, projection) and saved beside the checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+
+from synpro_megatron.influence.hooks import GradientCapture
+from synpro_megatron.influence.projections import layer_projections
+from synpro_megatron.pretrain.inference import load_for_inference, pad_batch
+
+DEFAULT_K = 32
+PROJECTIONS = ("reference", "random")
+
+
+def _rank_ranges(module, rank: int, size: int, local: int):
+    """Global (offset, length) chunks held by TP rank `rank` (Megatron's strided split, e.g. fused SwiGLU fc1)."""
+    stride = int(getattr(module.weight, "partition_stride", 1) or 1)
+    chunk = local // stride
+    return [((m * size + rank) * chunk, chunk) for m in range(stride)]
+
+
+class InfluenceProbe:
+    def __init__(self, checkpoint: str, reference_set: Union[None, str, Sequence[str]] = None, *,
+                 k: int = DEFAULT_K, projection: str = "reference", seed: int = 0, lr: Optional[float] = None,
+                 mode: str = "project", max_ref_docs: int = 64, max_len: Optional[int] = None,
+                 batch_size: int = 4, reference_field: str = "text", tp: int = 1, pp: int = 1,
+                 cache: bool = True, backend: str = "auto"):
+        from synpro_megatron.pretrain.data import load_reference_texts
+
+        if mode not in ("project", "exact"):
+            raise ValueError(f"mode must be 'project' or 'exact', got {mode!r}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        self.loaded = load_for_inference(checkpoint, tp=tp, pp=pp)
+        self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
+        self.mode, self.projection, self.k, self.seed = mode, projection, k, seed
+        self.lr = lr if lr is not None else self.loaded.config.lr
+        self.max_len = max_len or self.loaded.config.model_config().seq_length
+        self.batch_size = batch_size
+        if reference_set is None or isinstance(reference_set, str):
+            self.reference_texts = load_reference_texts(reference_set, reference_field, max_ref_docs)
+        else:
+            self.reference_texts = list(reference_set)[:max_ref_docs]
+        if not self.reference_texts:
+            raise ValueError("the reference set is empty")
+        self.capture = GradientCapture(self.model, k_in=k, k_out=k, seed=seed, mode=mode, backend=backend)
+        self._source_cache: Dict[str, float] = {}
+        self._ref = self._reference(cache)
+
+    # ------------------------------------------------------------------ forward/backward
+
+    def _tokenize(self, texts: Sequence[str]) -> List[List[int]]:
+        return [ids[: self.max_len + 1] for ids in self.tokenizer.tokenize_batch(list(texts))]
+
+    def _backward(self, token_lists: List[List[int]], doc_weights: Optional[List[float]] = None) -> None:
+        """One backward of  Σ_b w_b · mean_t loss_bt  (w_b = 1 by default) through the pipeline.
+
+        Rows are padded to max_len + 1 tokens so every pipeline stage agrees on tensor shapes; the
+        padding sits after each document and carries no loss, so under causal attention it changes
+        nothing before it.
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        eod = self.tokenizer.eod
+        batch, lengths = pad_batch([t if len(t) > 1 else t + [eod] for t in token_lists], eod)
+        width = self.max_len + 1
+        if batch.shape[1] < width:
+            batch = torch.nn.functional.pad(batch, (0, width - batch.shape[1]), value=eod)
+        tokens, labels = batch[:, :-1], batch[:, 1:]
+        mask = torch.zeros_like(labels, dtype=torch.float)
+        for i, n in enumerate(lengths):
+            if len(token_lists[i]) > 1:
+                mask[i, : n - 1] = 1.0
+        weights = torch.tensor(doc_weights or [1.0] * len(token_lists))
+        per_doc = weights / mask.sum(1).clamp(min=1)
+        if torch.cuda.is_available():
+            tokens, labels, mask, per_doc = (t.cuda() for t in (tokens, labels, mask, per_doc))
+        position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+
+        def forward_step(data_iterator, model):
+            out = model(tokens, position_ids, None, labels=labels)
+
+            def loss_func(per_token):
+                loss = (per_token.float() * mask * per_doc[:, None]).sum()
+                return loss, {"loss": loss.detach()}
+
+            return out, loss_func
+
+        self.capture.set_documents(None, loss_scale=1.0)  # one document per row; loss is unscaled
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([None]), model=self.model,
+                                    num_microbatches=1, seq_length=tokens.shape[1],
+                                    micro_batch_size=tokens.shape[0], forward_only=False)
+
+    def _zero_param_grads(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+    # ------------------------------------------------------------------ reference gradient
+
+    def _layers(self):
+        layers = self.capture._layers  # noqa: SLF001 - the capture owns the name <-> module/shard map
+        return [(name, layers[name]) for name in self.capture.layer_names]
+
+    def _full_weight_grad(self, layer) -> torch.Tensor:
+        """This layer's weight gradient in the TP=1 layout, gathered over the TP group."""
+        local = layer.module.weight.grad.detach().float()
+        if layer.tp_size == 1:
+            return local.clone()
+        parts = [torch.empty_like(local) for _ in range(layer.tp_size)]
+        dist.all_gather(parts, local.contiguous(), group=layer.tp_group)
+        full = torch.zeros(layer.d_out, layer.d_in, dtype=torch.float32, device=local.device)
+        for rank, part in enumerate(parts):
+            if layer.kind == "column":
+                ranges = _rank_ranges(layer.module, rank, layer.tp_size, part.shape[0])
+                pos = 0
+                for off, n in ranges:
+                    full[off:off + n] = part[pos:pos + n]
+                    pos += n
+            else:
+                ranges = _rank_ranges(layer.module, rank, layer.tp_size, part.shape[1])
+                pos = 0
+                for off, n in ranges:
+                    full[:, off:off + n] = part[:, pos:pos + n]
+                    pos += n
+        return full
+
+    def _reference_weight_grads(self) -> Dict[str, torch.Tensor]:
+        """G_ref = ∇ (1/n) Σ_docs mean-token-loss, per linear layer, unsharded (one ordinary backward)."""
+        docs = self._tokenize(self.reference_texts)
+        n = len(docs)
+        self._zero_param_grads()
+        for i in range(0, n, self.batch_size):
+            chunk = docs[i:i + self.batch_size]
+            self._backward(chunk, [1.0 / n] * len(chunk))
+        self.capture.reset()  # the hooks fired too; only the ordinary weight gradients matter here
+        grads = {name: self._full_weight_grad(layer).cpu() for name, layer in self._layers()}
+        self._zero_param_grads()
+        return grads
+
+    def _factors(self, grads: Dict[str, torch.Tensor]) -> Dict[str, dict]:
+        """Per layer: full P_in, P_out and the projected reference Ĝ_ref (or G_ref itself in exact mode)."""
+        out = {}
+        for name, G in grads.items():
+            if self.mode == "exact":
+                out[name] = {"ref": G}
+            elif self.projection == "reference":
+                U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+                r = min(self.k, S.numel())
+                p_out, p_in = U[:, :r].T.float().contiguous(), Vh[:r].float().contiguous()
+                out[name] = {"p_in": p_in, "p_out": p_out, "ref": torch.diag(S[:r]).float()}
+            else:
+                p_in, p_out = layer_projections(self.seed, name, self.k, self.k, G.shape[1], G.shape[0])
+                out[name] = {"p_in": p_in, "p_out": p_out, "ref": p_out @ G @ p_in.T}
+        return out
+
+    def _cache_path(self) -> str:
+        key = json.dumps([self.reference_texts, self.k, self.seed, self.max_len, self.mode, self.projection,
+                          self.capture.layer_names], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return os.path.join(self.loaded.checkpoint, "influence", f"reference_{digest}.pt")
+
+    def _reference(self, use_cache: bool) -> Dict[str, dict]:
+        path = self._cache_path()
+        if use_cache and os.path.exists(path):
+            stored = torch.load(path, map_location="cpu")
+            factors = {n: stored[n] for n in self.capture.layer_names}
+        else:
+            factors = self._factors(self._reference_weight_grads())
+            if use_cache:
+                self._save(path, factors)
+        for name, f in factors.items():
+            if "p_in" in f:
+                self.capture.set_projections(name, f["p_in"], f["p_out"])
+        return {name: f["ref"] for name, f in factors.items()}
+
+    def _save(self, path: str, factors: Dict[str, dict]) -> None:
+        # Pipeline stages hold different layers: gather them so one file serves any layout.
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, factors)
+        if dist.get_rank() == 0:
+            merged = {}
+            for p in parts:
+                merged.update(p)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            torch.save(merged, tmp)
+            os.replace(tmp, path)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, texts: Sequence[str]) -> torch.Tensor:
+        """Predicted reference-loss drop  lr·<g_text, g_ref>  per text (float64, the same on every rank)."""
+        from megatron.core import parallel_state as ps
+
+        texts = list(texts)
+        out = torch.zeros(len(texts), dtype=torch.float64)
+        docs = self._tokenize(texts)
+        for i in range(0, len(texts), self.batch_size):
+            chunk = docs[i:i + self.batch_size]
+            self.capture.reset()
+            self._backward(chunk)
+            per_layer = (self.capture.exact_scores(self._ref) if self.mode == "exact"
+                         else self.capture.scores(self._ref))
+            s = torch.zeros(len(chunk), dtype=torch.float64)
+            for v in per_layer.values():
+                s += v.double().cpu()
+            for j, ids in enumerate(chunk):
+                if len(ids) < 2:
+                    s[j] = 0.0  # no next-token loss: training on it changes nothing
+            out[i:i + len(chunk)] = s
+        self.capture.reset()
+        self._zero_param_grads()
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
+        return self.lr * out
+
+    def reward(self, outputs: Sequence[str], sources: Sequence[str]) -> torch.Tensor:
+        """SynPro's influence reward: score(output) - score(source); source scores are cached."""
+        missing = [s for s in dict.fromkeys(sources) if s not in self._source_cache]
+        if missing:
+            for text, value in zip(missing, self.score(missing).tolist()):
+                self._source_cache[text] = value
+        src = torch.tensor([self._source_cache[s] for s in sources], dtype=torch.float64)
+        return self.score(outputs) - src
+
+    def close(self) -> None:
+        self.capture.remove()
