@@ -284,7 +284,10 @@ class GradientCapture:
             idx = self._calls[name]
             self._calls[name] = idx + 1
             L = self._layers[name]
-            cu = self._cu if self._cu is not None else L.default_cu(x)
+            # Rows are documents and tokens arrive as [s, b, h]: project first, then reduce over s,
+            # so the big activations and gradients are never copied into packed token order.
+            rows = self._cu is None and L.layout == "sbh" and x.dim() == 3 and self.mode == "project"
+            cu = None if rows else (self._cu if self._cu is not None else L.default_cu(x))
             scale = self._mb_loss_scale if self._mb_loss_scale is not None else self.loss_scale
             x = x.detach()
             out.register_hook(lambda grad: self._on_grad(name, idx, x, grad, cu, scale))
@@ -292,6 +295,10 @@ class GradientCapture:
 
     def _on_grad(self, name: str, idx: int, x: torch.Tensor, grad: torch.Tensor, cu, scale) -> None:
         L = self._layers[name]
+        if cu is None:
+            res = self._project_rows_sbh(name, x, grad.detach())
+            self._store(name, idx, res / scale if scale != 1.0 else res)
+            return
         xt, gt = L.tokens(x, L.x_slice), L.tokens(grad.detach(), L.g_slice)
         if self.mode == "exact":
             prev = self._saved[name].get(idx)
@@ -304,8 +311,23 @@ class GradientCapture:
                                     deterministic=self.deterministic)
         if scale != 1.0:
             res = res / scale
+        self._store(name, idx, res)
+
+    def _store(self, name: str, idx: int, res: torch.Tensor) -> None:
         prev = self._proj[name].get(idx)
         self._proj[name][idx] = res if prev is None else prev + res
+
+    def _project_rows_sbh(self, name: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """One document per batch row of [s, b, h] tensors: (b, k_out, k_in) without reordering tokens."""
+        L = self._layers[name]
+        if L.x_slice is not None:
+            x = x.narrow(-1, *L.x_slice)
+        if L.g_slice is not None:
+            g = g.narrow(-1, *L.g_slice)
+        p_in, p_out = self.projections(name, x.device)
+        u = torch.matmul(x, p_in.to(x.dtype).T).float()  # [s, b, k_in]
+        v = torch.matmul(g, p_out.to(g.dtype).T).float()  # [s, b, k_out]
+        return torch.einsum("sbo,sbi->boi", v, u)
 
     # ----------------------------------------------------------------------------------- results
     def _collect(self, store: dict, name: str) -> list:
