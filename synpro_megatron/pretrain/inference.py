@@ -82,6 +82,7 @@ def sequence_logprobs(model, contexts: List[List[int]], continuations: List[List
         seqs.append(full)
         starts.append(len(full) - len(cont))
     batch, lengths = pad_batch(seqs, pad_id)
+    batch = batch.to(next(model.parameters()).device)
     inputs, labels = batch[:, :-1], batch[:, 1:]
     with torch.no_grad():
         losses = token_losses(model, inputs, labels)
