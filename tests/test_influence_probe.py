@@ -160,3 +160,24 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         InfluenceProbe(str(tmp_path / "nope"))
+
+
+def test_probe_cli_writes_factors_and_document_losses(checkpoint, tmp_path):
+    run_dir = tmp_path / "round"
+    proc = subprocess.run([sys.executable, "-m", "synpro_megatron.cli", "probe", "--checkpoint", checkpoint,
+                           "--run-dir", str(run_dir), "--max-ref-docs", "8", "--doc-losses", "--doc-limit", "10"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.load(open(run_dir / "probe" / "probe.json"))
+    assert summary["step"] == 6 and os.path.exists(summary["factors"])
+    factors = torch.load(summary["factors"])
+    assert set(factors) == set(summary["layers"]) and "output_layer" in factors
+    rows = [json.loads(line) for line in open(run_dir / "probe" / "doc_losses.jsonl")]
+    ids = json.load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(checkpoint))),
+                                      "organic.docids.json")))
+    assert [r["id"] for r in rows] == ids[:10]
+    assert all(0 < r["loss"] < 20 and r["tokens"] > 0 for r in rows)
+
+    bad = subprocess.run([sys.executable, "-m", "synpro_megatron.cli", "probe", "--checkpoint",
+                          str(tmp_path / "missing"), "--run-dir", str(run_dir)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
