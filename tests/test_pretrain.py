@@ -125,3 +125,38 @@ def test_bad_layout_is_a_clear_error(corpus, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "global_batch 3 must be a multiple of micro_batch*dp" in proc.stderr
+
+
+def test_blended_run_resumes_inside_a_linear_phase(corpus, tmp_path):
+    """Organic + a second source under a schedule that ramps linearly from sample 4 to 16: stopping at
+    sample 8 (mid-ramp) and resuming gives the uninterrupted curve."""
+    import gzip as gz
+
+    from synpro_megatron.blending import BlendSchedule
+
+    synth_src = tmp_path / "synthetic.jsonl"
+    with gz.open(DEFAULT_WEB_SAMPLE, "rt", encoding="utf-8") as f, open(synth_src, "w") as out:
+        for i, line in enumerate(f):
+            if i >= 2000:
+                doc = json.loads(line)
+                out.write(json.dumps({"id": doc["id"], "text": doc["text"].upper()}) + "\n")
+            if i >= 2200:
+                break
+    synth = tmp_path / "round_1_rephrase"
+    prepare(PrepareConfig(input=str(synth_src), output=str(synth), held_out=0.0, workers=1))
+    schedule = BlendSchedule.from_dict({"sources": ["organic", "round_1_rephrase"], "phases": [
+        {"start": 0, "weights": {"organic": 1.0}},
+        {"start": 4, "weights": {"organic": 1.0}, "end_weights": {"organic": 0.3, "round_1_rephrase": 0.7},
+         "end": 16}]})
+    path = tmp_path / "schedule.json"
+    schedule.save(str(path))
+    common = ["--max-steps", "4", "--eval-interval", "2", "--save-interval", "0", "--blend-schedule", str(path),
+              "--synthetic", f"round_1_rephrase={synth}"]
+    whole = run_pretrain(corpus, tmp_path / "whole", *common)
+    part = tmp_path / "part"
+    run_pretrain(corpus, part, *common, "--stop-at-sample", "8")
+    resumed = run_pretrain(corpus, part, *common, "--resume")
+    assert_same_curves(whole, resumed, rel=1e-6)
+    plain = run_pretrain(corpus, tmp_path / "plain", "--max-steps", "4", "--eval-interval", "2", "--save-interval", "0")
+    assert losses(plain)[:2] == losses(whole)[:2], "identical while the schedule is all organic"
+    assert losses(plain)[-1] != losses(whole)[-1], "the synthetic source changes training after the ramp starts"
