@@ -67,6 +67,28 @@ def config_from_args(args) -> PretrainConfig:
     return PretrainConfig(**fields, synthetic=synthetic)
 
 
+def config_to_args(cfg: PretrainConfig) -> list:
+    """The `synpro pretrain` arguments that rebuild `cfg` (inverse of config_from_args)."""
+    parser = argparse.ArgumentParser()
+    add_pretrain_args(parser)
+    args = []
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of actions
+        if not action.option_strings or action.dest in ("help", "nproc_per_node"):
+            continue
+        flag = action.option_strings[0]
+        if action.dest == "synthetic":
+            for name, prefix in sorted(cfg.synthetic.items()):
+                args += [flag, f"{name}={prefix}"]
+            continue
+        value = getattr(cfg, action.dest)
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            if value:
+                args.append(flag)
+        elif value is not None:
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return args
+
+
 def _under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
