@@ -1,0 +1,114 @@
+"""Synthesis throughput: generated tokens/s of the generator backends, side by side in one process.
+
+CPU: transformers `generate` (HFBackend) with the offline SmolLM2-135M-Instruct on a batch of real
+documents from the packaged web sample (rephrase prompts), batched (left padding) vs one document
+at a time, bf16 and fp32. Timed with process CPU time at 1 thread (the machine is shared; on an
+idle machine CPU time equals wall time) and also reported as wall time.
+GPU (CUDA + vLLM installed): VLLMBackend vs HFBackend on the same prompts, wall time; goal >= 10x.
+
+    python bench/synthesis_throughput.py [--docs 4] [--max-new-tokens 64] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def real_prompts(n_docs: int, max_source_tokens: int, tokenizer):
+    from synpro_megatron.generators.chunking import chunk_source
+    from synpro_megatron.generators.prompts import render_messages
+
+    sample = REPO / "synpro_megatron" / "assets" / "web_sample.jsonl.gz"
+    count = lambda t: len(tokenizer.encode(t, add_special_tokens=False))  # noqa: E731
+    prompts = []
+    with gzip.open(sample, "rt", encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            if len(text) < 800:
+                continue
+            prompts.append(render_messages("rephrase", chunk_source(text, count, max_source_tokens)[0]))
+            if len(prompts) == n_docs:
+                break
+    return prompts
+
+
+def measure(backend, prompts, max_new_tokens, batch_size, seed, gpu):
+    backend.batch_size = batch_size
+    clock = time.perf_counter if gpu else time.process_time
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+    c0, w0 = clock(), time.perf_counter()
+    backend.generate(prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=max_new_tokens, seed=seed)
+    if gpu:
+        torch.cuda.synchronize()
+    secs, wall = clock() - c0, time.perf_counter() - w0
+    return backend.last_generated_tokens, secs, wall
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--docs", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-source-tokens", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+
+    import torch
+
+    from synpro_megatron.generators.backends import HFBackend, VLLMBackend, vllm_available
+
+    gpu = torch.cuda.is_available()
+    if not gpu:
+        torch.set_num_threads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name(0) if gpu else f'CPU, {torch.get_num_threads()} thread(s)'}")
+    results = {}
+    if gpu:
+        cases = [("hf bf16 batched", "hf", "bfloat16", args.docs)]
+        if vllm_available():
+            cases.append(("vllm bf16", "vllm", "bfloat16", args.docs))
+    else:
+        cases = [("hf bf16 batched", "hf", "bfloat16", args.docs), ("hf bf16 one-by-one", "hf", "bfloat16", 1),
+                 ("hf fp32 batched", "hf", "float32", args.docs)]
+    backends = {}
+    for name, kind, dtype, _ in cases:
+        key = (kind, dtype)
+        if key not in backends:
+            backends[key] = VLLMBackend(None, dtype=dtype, seed=0) if kind == "vllm" else HFBackend(None, dtype=dtype)
+    prompts = real_prompts(args.docs, args.max_source_tokens, next(iter(backends.values())).tokenizer)
+    # warm-up, then rounds with the cases interleaved so they share the same machine load
+    for name, kind, dtype, batch in cases:
+        measure(backends[(kind, dtype)], prompts[:1], 4, batch, 0, gpu)
+    for r in range(args.rounds):
+        for name, kind, dtype, batch in cases:
+            toks, secs, wall = measure(backends[(kind, dtype)], prompts, args.max_new_tokens, batch, 100 + r, gpu)
+            results.setdefault(name, []).append((toks / secs, toks / wall, toks))
+    base = statistics.median(v[0] for v in results[cases[0][0]])
+    timer = "wall" if gpu else "CPU-time"
+    print(f"{args.docs} documents, max_new_tokens {args.max_new_tokens}, median of {args.rounds} rounds")
+    print(f"| backend | generated tokens/round | tokens/s ({timer}) | tokens/s (wall) | ratio vs {cases[0][0]} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, values in results.items():
+        rate = statistics.median(v[0] for v in values)
+        print(f"| {name} | {statistics.median(v[2] for v in values):.0f} | {rate:.1f} | "
+              f"{statistics.median(v[1] for v in values):.1f} | {rate / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Generation backends behind one interface.
+
+    backend.generate(prompts, n, temperature, top_p, max_new_tokens, seed) -> list[list[str]]
+
+`prompts` is a list of chat conversations (lists of {"role", "content"} dicts); the result holds `n`
+completions per prompt (the assistant text only). Both backends also expose `.tokenizer` (the
+generator's Hugging Face tokenizer, used for chunking) and `.context_length`.
+
+* HFBackend: transformers `generate`, batched with left padding. The CPU path and the tests.
+* VLLMBackend: vLLM's offline engine (GPU). `reload_weights(path)` swaps in freshly trained weights
+  in place (the worker's `reload_weights`, which also works where vLLM repacks weights after load).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Optional, Protocol
+
+DEFAULT_PRODUCTION_GENERATOR = "allenai/OLMo-2-0425-1B-Instruct"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+class GeneratorLoadError(RuntimeError):
+    """A generator folder that is missing, incomplete or unreadable (the message names the path)."""
+
+
+class GenerationBackend(Protocol):
+    tokenizer: object
+    context_length: int
+
+    def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]: ...
+
+
+def _offline_env() -> None:
+    # No model hub here (and none wanted on a cluster node): every load is from a local folder.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def default_generator() -> str:
+    """The production generator when this is a GPU machine that has it in the local Hugging Face
+    cache; otherwise the offline SmolLM2 ("smollm2")."""
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            if isinstance(try_to_load_from_cache(DEFAULT_PRODUCTION_GENERATOR, "config.json"), str):
+                return DEFAULT_PRODUCTION_GENERATOR
+        except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+            pass
+    return "smollm2"
+
+
+def resolve_generator_path(generator: Optional[str]) -> str:
+    """A checked local folder for `generator` (None = `default_generator()`, "smollm2" = the
+    offline SmolLM2).
+
+    A name that is not an existing folder must be a hub id already in the local Hugging Face cache
+    (for example the production default on a prepared cluster); anything else is an error naming it.
+    """
+    if generator in (None, ""):
+        generator = default_generator()
+    if generator == "smollm2":
+        from synpro_megatron.generators.smollm2 import smollm2_path
+
+        return str(smollm2_path(with_weights=True))
+    path = Path(generator).expanduser()
+    if path.exists() or generator.startswith((".", "/", "~")) or generator.count("/") != 1:
+        validate_generator_dir(path)
+        return str(path)
+    try:  # looks like "org/name": accept it only when it is in the local cache
+        from huggingface_hub import snapshot_download
+
+        cached = snapshot_download(generator, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the name
+        raise GeneratorLoadError(
+            f"generator {generator!r} is neither a local folder nor a model in the local Hugging Face "
+            f"cache (no downloads are made): {e}"
+        ) from e
+    validate_generator_dir(Path(cached))
+    return cached
+
+
+def validate_generator_dir(path: Path) -> None:
+    """Fail early, naming the path, when a generator folder cannot be loaded."""
+    if not path.exists():
+        raise GeneratorLoadError(f"generator folder not found: {path}")
+    if not path.is_dir():
+        raise GeneratorLoadError(f"generator path is not a folder: {path}")
+    config = path / "config.json"
+    if not config.exists():
+        raise GeneratorLoadError(f"{path} is not a Hugging Face model folder: config.json is missing")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GeneratorLoadError(f"{config}: unreadable model config ({e})") from e
+    weights = [path / name for name in _WEIGHT_FILES if (path / name).exists()]
+    weights += sorted(p for p in path.glob("model-*.safetensors"))
+    if not weights:
+        raise GeneratorLoadError(f"{path}: no model weights (expected one of {', '.join(_WEIGHT_FILES)})")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+
+
+def _check_safetensors(file: Path) -> None:
+    """Read the header and compare the byte ranges it promises with the file size: catches
+    truncated and garbage files without loading any tensor."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            header_len = int.from_bytes(head, "little")
+            if header_len <= 0 or header_len > min(size - 8, 100_000_000):
+                raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
+            header = json.loads(f.read(header_len))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + header_len + end != size:
+            raise ValueError(f"header describes {8 + header_len + end} bytes but the file has {size}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GeneratorLoadError(f"corrupt or unreadable weights file {file}: {e}") from e
+
+
+def load_generator_tokenizer(path: str):
+    _offline_env()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise GeneratorLoadError(f"cannot load the tokenizer of generator {path}: {e}") from e
+    if tok.chat_template is None:
+        raise GeneratorLoadError(f"generator {path} has no chat template (an instruct model is required)")
+    return tok
+
+
+def _context_length(config, default: int = 2048) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+class HFBackend:
+    """transformers `generate`; batched (left padding) for throughput on CPU."""
+
+    def __init__(self, generator: Optional[str] = None, device: Optional[str] = None, dtype: str = "bfloat16",
+                 batch_size: int = 8, model=None, tokenizer=None):
+        import torch
+
+        _offline_env()
+        if model is not None:  # an in-memory model (e.g. the policy during RL)
+            self.path = getattr(model, "name_or_path", "<in-memory>")
+            self.model, self.tokenizer = model, tokenizer
+        else:
+            self.path = resolve_generator_path(generator)
+            self.tokenizer = load_generator_tokenizer(self.path)
+            from transformers import AutoModelForCausalLM
+
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    self.path, dtype=getattr(torch, dtype), local_files_only=True)
+            except Exception as e:  # noqa: BLE001
+                raise GeneratorLoadError(f"cannot load generator weights from {self.path}: {e}") from e
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        self.context_length = _context_length(self.model.config)
+        self.last_generated_tokens = 0  # tokens produced by the last generate() call (benchmarks)
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return sorted(i for i in ids if i is not None)
+
+    def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        stop_ids = self._stop_ids()
+        results: list[list[str]] = []
+        self.last_generated_tokens = 0
+        # One seed per batch, derived from `seed` and the batch position: the same call gives the
+        # same text whatever ran before it in this process.
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start:start + self.batch_size]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            torch.manual_seed(seed * 1_000_003 + start)
+            sample = temperature > 0
+            with torch.no_grad():
+                out = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
+                    temperature=temperature if sample else None, top_p=top_p if sample else None,
+                    top_k=0 if sample else None, eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            pad = self.tokenizer.pad_token_id
+            for row in range(len(batch)):
+                group = []
+                for j in range(n):
+                    ids = new[row * n + j].tolist()
+                    self.last_generated_tokens += sum(1 for t in ids if t != pad)
+                    group.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+                results.append(group)
+        return results
+
+
+class VLLMBackend:
+    """vLLM offline engine. Import is lazy so CPU machines without vLLM never touch it."""
+
+    def __init__(self, generator: Optional[str] = None, dtype: str = "bfloat16", max_model_len: Optional[int] = None,
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, seed: int = 0,
+                 enforce_eager: bool = False):
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(
+                "VLLMBackend needs vLLM (GPU): pip install 'synpro-megatron[gpu]'; on CPU use HFBackend "
+                "(--backend hf)"
+            )
+        _offline_env()
+        from vllm import LLM
+
+        self.path = resolve_generator_path(generator)
+        self.tokenizer = load_generator_tokenizer(self.path)
+        try:
+            self.llm = LLM(model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=max_model_len,
+                           gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                           seed=seed, enforce_eager=enforce_eager)
+        except Exception as e:  # noqa: BLE001
+            raise GeneratorLoadError(f"vLLM could not load generator {self.path}: {e}") from e
+        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        self.last_generated_tokens = 0
+
+    def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        # One seed per request: each prompt's samples do not depend on the batch it ran in.
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                 seed=seed * 1_000_003 + i) for i in range(len(prompts))]
+        outputs = self.llm.chat(prompts, sampling_params=params, use_tqdm=False)
+        self.last_generated_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        return [[c.text.strip() for c in o.outputs] for o in outputs]
+
+    def reload_weights(self, weights_path: str) -> None:
+        """Refresh the engine's weights from a folder of safetensors (e.g. after an RL step)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_path)})
+        self.llm.reset_prefix_cache()
+
+
+def vllm_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def make_backend(name: str = "auto", generator: Optional[str] = None, **kwargs):
+    """'auto' picks vLLM when CUDA and vLLM are present, else transformers."""
+    if name == "auto":
+        name = "vllm" if vllm_available() else "hf"
+    if name == "vllm":
+        return VLLMBackend(generator, **kwargs)
+    if name == "hf":
+        return HFBackend(generator, **kwargs)
+    raise ValueError(f"unknown backend {name!r}; choose auto, hf or vllm")

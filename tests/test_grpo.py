@@ -1,0 +1,64 @@
+"""GRPO on CPU with the offline SmolLM2 and all four rewards: a few real TRL steps, logged and saved."""
+import json
+import os
+
+import pytest
+
+from synpro_megatron.rewards import GradientDotScorer
+from synpro_megatron.rl import GRPORunConfig, read_reward_log, train_generator
+from synpro_megatron.rl.grpo import REWARD_LOG_KEYS
+
+
+def tiny_influence_scorer():
+    """A real gradient-alignment scorer over a freshly initialised 2-layer Llama (SmolLM2's
+    tokenizer), with two reference texts: small enough to score 8 completions in a second."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from synpro_megatron.generators.backends import load_generator_tokenizer
+    from synpro_megatron.generators.smollm2 import smollm2_path
+
+    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    reference = ["The school board approved new construction funding for schools.",
+                 "The company paid a termination fee after the merger was blocked by a judge."]
+    return GradientDotScorer(model, tok, reference, lr=1e-3, max_tokens=128)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_grpo_two_steps_logs_every_reward_and_saves(tmp_path):
+    cfg = GRPORunConfig(kind="rephrase", run_dir=str(tmp_path), round=1, steps=2, num_prompts=2,
+                        num_generations=4, prompts_per_device=2, max_completion_length=24,
+                        max_source_tokens=64, min_source_chars=150)
+    out = train_generator(cfg, influence_scorer=tiny_influence_scorer())
+    assert out == tmp_path / "generators" / "round_1" / "rephrase"
+
+    log = read_reward_log(str(out))
+    assert [line["step"] for line in log] == [1, 2]
+    for line in log:
+        for key in REWARD_LOG_KEYS:
+            assert key in line, f"reward log misses {key}: {line}"
+        assert line["completions"] == 8
+        assert 0.0 <= line["gate_pass_rate"] <= 1.0
+        assert 0.0 <= line["format"] <= 1.0
+        assert line["faithfulness"] is not None and line["quality"] is not None
+        if line["gate_pass_rate"] > 0:  # influence is only scored for completions that pass the gate
+            assert line["influence"] is not None
+    # TensorBoard scalars were written for the run
+    tb = tmp_path / "tensorboard" / "grpo-round_1-rephrase"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tb))
+
+    # the saved generator loads and generates
+    from synpro_megatron.generators import HFBackend, render_messages
+
+    meta = json.loads((out / "synpro_generator.json").read_text())
+    assert meta["steps"] == 2 and meta["influence"] is True
+    backend = HFBackend(str(out), batch_size=1)
+    text = backend.generate([render_messages("rephrase", "A short note about dogs and cats.")], n=1,
+                            max_new_tokens=4, seed=0)
+    assert len(text) == 1 and len(text[0]) == 1

@@ -1,0 +1,261 @@
+"""Synthesis job: crash-and-resume gives each source document exactly once, the dataset/provenance/
+manifest agree, selection by loss, clear errors for bad generators and checkpoints, and one real
+HFBackend generation."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synpro_megatron.generators.backends import GeneratorLoadError, load_generator_tokenizer, resolve_generator_path
+from synpro_megatron.generators.prompts import DOCUMENT_MARKER, REFORMAT_HEADING, render_messages
+from synpro_megatron.generators.smollm2 import smollm2_path
+from synpro_megatron.generators.synthesize import (FAIL_AFTER_ENV, PACKAGED_SAMPLE, SimulatedCrash, SourceDoc,
+                                                   SynthesisConfig, load_sources, read_journal, run_synthesis,
+                                                   select_documents, work_dir)
+from synpro_megatron.rewards.faithfulness import split_sentences
+
+
+class FakeReformatBackend:
+    """Deterministic stand-in for a generator: turns each piece into Topic/Content entries made of
+    its own sentences (faithful), except pieces whose hash starts with 0-3, which get a refusal
+    (so some documents are dropped by the gate)."""
+
+    def __init__(self):
+        self.tokenizer = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+        self.context_length = 8192
+        self.path = "fake-reformat-generator"
+        self.prompts_seen = 0
+        self.last_generated_tokens = 0
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0):
+        out = []
+        for messages in prompts:
+            piece = messages[-1]["content"].split(DOCUMENT_MARKER + "\n", 1)[1]
+            if hashlib.sha1(piece.encode()).hexdigest()[0] in "0123":
+                text = "I'm sorry, but I cannot help with rewriting this."
+            else:
+                entries = [f"Topic (factual): {' '.join(s.split()[:4])}\nContent: {s}" for s in split_sentences(piece)[:8]]
+                text = REFORMAT_HEADING + "\n" + "\n\n".join(entries)
+            out.append([text] * n)
+            self.prompts_seen += 1
+        self.last_generated_tokens = 10 * len(prompts) * n
+        return out
+
+
+def _config(run_dir, **kw):
+    base = dict(kind="reformat", run_dir=str(run_dir), round=1, source_jsonl=str(PACKAGED_SAMPLE), limit=14,
+                batch_size=4, max_new_tokens=256, max_source_tokens=96)
+    base.update(kw)
+    return SynthesisConfig(**base)
+
+
+def _read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _idx_docs(prefix):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(prefix))
+    return [np.array(ds[i]) for i in range(len(ds))]
+
+
+def test_crash_and_resume_rewrites_each_document_exactly_once(tmp_path, monkeypatch):
+    expected = [d.doc_id for d in load_sources(str(PACKAGED_SAMPLE))[:14]]
+
+    # reference: one uninterrupted run
+    clean = run_synthesis(_config(tmp_path / "clean"), backend=FakeReformatBackend())
+
+    # crashed run: dies after the second batch is journaled, then a torn line is left behind
+    run_dir = tmp_path / "crashed"
+    backend = FakeReformatBackend()
+    with pytest.raises(SimulatedCrash):
+        run_synthesis(_config(run_dir), backend=backend, fail_after_docs=5)
+    journal = work_dir(_config(run_dir)) / "journal.rank0.jsonl"
+    assert len(read_journal(journal)) == 8  # two whole batches, nothing of the third
+    assert not (run_dir / "synthetic" / "round_1" / "reformat.idx").exists()
+    with open(journal, "ab") as f:
+        f.write(b'{"source_index": 99, "source_id": "torn')  # killed in the middle of a write
+
+    # the crash hook through the environment, as a subprocess would see it: no new batch is done
+    monkeypatch.setenv(FAIL_AFTER_ENV, "1")
+    with pytest.raises(SimulatedCrash):
+        run_synthesis(_config(run_dir), backend=FakeReformatBackend())
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+    assert len(read_journal(journal)) == 12
+
+    resumed_backend = FakeReformatBackend()
+    entry = run_synthesis(_config(run_dir), backend=resumed_backend)
+    records = read_journal(journal)
+    assert sorted(r["source_id"] for r in records) == sorted(expected)  # each once, none lost
+    assert len({r["source_id"] for r in records}) == len(records) == 14
+
+    out = run_dir / "synthetic" / "round_1"
+    prov = _read_jsonl(out / "reformat.provenance.jsonl")
+    dropped = _read_jsonl(out / "reformat.dropped.jsonl")
+    assert sorted([p["source_id"] for p in prov] + [d["source_id"] for d in dropped]) == sorted(expected)
+    assert len(dropped) > 0 and len(prov) > 0
+    assert all(d["reasons"] for d in dropped)
+    assert any("empty output" in r for d in dropped for r in d["reasons"])  # a refusal parses to no entries
+    assert [p["synthetic_index"] for p in prov] == list(range(len(prov)))
+    assert [p["source_index"] for p in prov] == sorted(p["source_index"] for p in prov)  # source order
+    assert any(p["pieces"] > 1 for p in prov)  # long sources were chunked and rejoined
+
+    docs = _idx_docs(out / "reformat")
+    assert len(docs) == len(prov) == entry["documents"]
+    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+    eod = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert all(d[-1] == eod for d in docs) and all(len(d) == p["tokens"] for d, p in zip(docs, prov))
+    assert tok.decode(docs[0][:-1].tolist()).startswith("Topic: ")
+
+    manifest = json.loads((run_dir / "synthetic" / "manifest.json").read_text())
+    m = manifest["rounds"]["1"]["reformat"]
+    assert m["documents"] == len(prov) and m["dropped"] == len(dropped) and m["sources"] == 14
+    assert m["tokens"] == sum(len(d) for d in docs)
+    assert m["bin_sha256"] == hashlib.sha256((out / "reformat.bin").read_bytes()).hexdigest()
+    assert m["bin_sha256"] == clean["bin_sha256"]  # interrupted + resumed == uninterrupted, byte for byte
+
+    # a finished job reruns as a no-op (nothing regenerated) and leaves the same bytes
+    again = FakeReformatBackend()
+    assert run_synthesis(_config(run_dir), backend=again)["bin_sha256"] == m["bin_sha256"]
+    assert again.prompts_seen == 0
+
+
+def test_changed_settings_do_not_mix_with_an_old_journal(tmp_path):
+    run_synthesis(_config(tmp_path, limit=4), backend=FakeReformatBackend())
+    with pytest.raises(ValueError, match="different synthesis job.*limit"):
+        run_synthesis(_config(tmp_path, limit=6), backend=FakeReformatBackend())
+    entry = run_synthesis(_config(tmp_path, limit=6, restart=True), backend=FakeReformatBackend())
+    assert entry["sources"] == 6
+    # another round lands beside the first in the manifest; the first entry is kept
+    run_synthesis(_config(tmp_path, limit=3, round=2), backend=FakeReformatBackend())
+    manifest = json.loads((tmp_path / "synthetic" / "manifest.json").read_text())
+    assert manifest["rounds"]["1"]["reformat"]["sources"] == 6
+    assert manifest["rounds"]["2"]["reformat"]["sources"] == 3
+    assert manifest["rounds"]["2"]["reformat"]["prefix"] == os.path.join("synthetic", "round_2", "reformat")
+
+
+def test_top_loss_selection(tmp_path):
+    docs = [SourceDoc(i, f"d{i}", f"text {i}") for i in range(10)]
+    losses = [0.5, 3.0, 1.0, 3.0, 0.1, 2.0, 0.2, 0.3, 0.4, 2.5]
+    chosen = select_documents(docs, "top-loss:0.3", losses)
+    assert [d.doc_id for d in chosen] == ["d1", "d3", "d9"]  # hardest 30 %, in source order
+    assert select_documents(docs, "all") == docs
+    with pytest.raises(ValueError, match="needs --doc-losses"):
+        select_documents(docs, "top-loss:0.5")
+    with pytest.raises(ValueError, match="must be 'all' or 'top-loss"):
+        select_documents(docs, "random:0.5", losses)
+
+    # losses from a file produced by the pretraining side (.npy aligned with the pool, or jsonl by id)
+    pool = load_sources(str(PACKAGED_SAMPLE))[:8]
+    np.save(tmp_path / "losses.npy", np.arange(len(load_sources(str(PACKAGED_SAMPLE))), dtype=np.float32))
+    entry = run_synthesis(_config(tmp_path / "a", limit=8, select="top-loss:0.25",
+                                  doc_losses=str(tmp_path / "losses.npy")), backend=FakeReformatBackend())
+    assert entry["sources"] == 2
+    ids = {r["source_id"] for r in read_journal(work_dir(_config(tmp_path / "a")) / "journal.rank0.jsonl")}
+    assert ids == {pool[6].doc_id, pool[7].doc_id}
+    with open(tmp_path / "losses.jsonl", "w") as f:
+        f.write(json.dumps({"id": pool[0].doc_id, "loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="no loss for"):
+        run_synthesis(_config(tmp_path / "b", limit=8, select="top-loss:0.5",
+                              doc_losses=str(tmp_path / "losses.jsonl")), backend=FakeReformatBackend())
+
+
+def test_data_parallel_ranks_share_the_work(tmp_path):
+    cfg0, cfg1 = _config(tmp_path, limit=10, rank=0, world_size=2), _config(tmp_path, limit=10, rank=1, world_size=2)
+    summary1 = run_synthesis(cfg1, backend=FakeReformatBackend())  # rank 1 finishes first and leaves
+    assert summary1["assigned"] == 4  # batches 1 of [0..4), [4..8), [8..10) -> the middle one
+    entry = run_synthesis(cfg0, backend=FakeReformatBackend(), )
+    assert entry["sources"] == 10
+    wdir = work_dir(cfg0)
+    r0 = {r["source_id"] for r in read_journal(wdir / "journal.rank0.jsonl")}
+    r1 = {r["source_id"] for r in read_journal(wdir / "journal.rank1.jsonl")}
+    assert not r0 & r1 and len(r0 | r1) == 10
+
+
+# ------------------------------------------------------------------------------------- errors
+
+def test_bad_generator_paths_get_clear_errors(tmp_path):
+    with pytest.raises(GeneratorLoadError, match="generator folder not found: .*missing"):
+        resolve_generator_path(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GeneratorLoadError, match=f"{empty}.*config.json is missing"):
+        resolve_generator_path(str(empty))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(GeneratorLoadError, match="unreadable model config"):
+        resolve_generator_path(str(broken))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    src = smollm2_path()
+    (corrupt / "config.json").write_text((src / "config.json").read_text())
+    with open(src / "model.safetensors", "rb") as f:
+        (corrupt / "model.safetensors").write_bytes(f.read(4096))  # truncated copy
+    with pytest.raises(GeneratorLoadError, match=f"corrupt or unreadable weights file {corrupt}/model.safetensors"):
+        resolve_generator_path(str(corrupt))
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(GeneratorLoadError, match="corrupt or unreadable weights"):
+        resolve_generator_path(str(corrupt))
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    with pytest.raises(GeneratorLoadError, match="no model weights"):
+        resolve_generator_path(str(no_weights))
+
+
+def test_cli_reports_bad_generator_and_bad_checkpoint(tmp_path, capsys):
+    from synpro_megatron.cli import main
+
+    rc = main(["synthesize", "--kind", "rephrase", "--generator", str(tmp_path / "nope"), "--round", "1",
+               "--run-dir", str(tmp_path), "--limit", "2", "--backend", "hf"])
+    assert rc == 2
+    assert f"generator folder not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "latest").write_text("5")  # names iter_0000005, which is not there
+    rc = main(["train-generator", "--kind", "rephrase", "--checkpoint", str(tmp_path / "run"),
+               "--run-dir", str(tmp_path / "out"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad pretraining checkpoint" in err and "iter_0000005" in err
+    rc = main(["train-generator", "--kind", "rephrase", "--checkpoint", str(tmp_path / "nowhere"),
+               "--run-dir", str(tmp_path / "out")])
+    assert rc == 2 and str(tmp_path / "nowhere") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_corrupt_checkpoint_is_named_when_loading():
+    from synpro_megatron.rl.grpo import build_influence_scorer
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = Path(d) / "checkpoints" / "iter_0000003"
+        ckpt.mkdir(parents=True)
+        (ckpt / "metadata.json").write_text("garbage, not a checkpoint")
+        (Path(d) / "checkpoints" / "latest").write_text("3")
+        with pytest.raises((RuntimeError, ValueError), match=f"{ckpt}"):
+            build_influence_scorer(str(ckpt))
+
+
+# ------------------------------------------------------------------------------------- real model
+
+@pytest.mark.slow
+def test_hf_backend_generates_real_text():
+    from synpro_megatron.generators import HFBackend
+
+    backend = HFBackend(None, batch_size=2)
+    prompts = [render_messages("rephrase", "The cat sat on the mat. It was warm."),
+               render_messages("reformat", "Water boils at 100 degrees Celsius at sea level.")]
+    first = backend.generate(prompts, n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
+    assert len(first) == 2 and all(len(group) == 2 for group in first)
+    assert all(isinstance(t, str) and t.strip() for group in first for t in group)
+    assert backend.last_generated_tokens > 0
+    assert backend.generate(prompts, n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3) == first
+    assert backend.context_length >= 2048
