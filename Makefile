@@ -25,8 +25,12 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/synpro demo
 
+# The real-Slurm tests need a cluster: a two-node one on localhost comes up for the run and goes down after.
+SLURM_BASE ?= /tmp/synpro-slurm
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	export SYNPRO_SLURM_BASE=$(SLURM_BASE); bash .ci/slurm_up.sh && . $(SLURM_BASE)/slurm_env.sh \
+	  && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS); \
+	  rc=$$?; bash slurm/local_cluster.sh down || true; exit $$rc
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)

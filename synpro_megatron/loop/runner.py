@@ -1,0 +1,212 @@
+"""Stage runners: how the controller executes one stage.
+
+`StageRunner` is the interface; the controller only calls these methods and then checks that
+the stage's outputs exist (see `Controller`). `CliRunner`, the default, runs the real `synpro`
+commands as subprocesses; `synpro_megatron.loop.fake.FakeRunner` writes plausible outputs for
+tests. A runner must be safe to call again for a stage that was interrupted: outputs are
+overwritten, pretraining resumes from its checkpoint.
+
+Preemption: `interrupt()` (called from the controller's SIGTERM/SIGUSR1 handler) forwards
+SIGTERM to the running stage. SIGTERM, not SIGUSR1, because torchrun and srun both forward
+SIGTERM to the training ranks by default, and the trainer answers either one by finishing its
+step, saving a checkpoint and exiting. The stage then ends with `Interrupted`.
+
+For a local torchrun launch the signal goes to the ranks themselves, not to torchrun: torchrun
+forwards it with killpg to each rank's whole process group, which also kills the helper
+processes Megatron's checkpoint writer needs (measured: the save on SIGTERM then fails with
+ConnectionRefusedError), while a signal to the rank alone lets it checkpoint.
+"""
+from __future__ import annotations
+
+import abc
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from typing import List, Optional, Sequence
+
+from .config import ParallelConfig
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"stage {stage}: {message}")
+        self.stage = stage
+
+
+class Interrupted(RuntimeError):
+    """The stage (or the loop) stopped on SIGTERM/SIGUSR1; rerunning continues from state.json."""
+
+
+class StageRunner(abc.ABC):
+    """One method per stage. Arguments are plain paths/values; nothing is returned: the
+    controller checks the outputs on disk (write-then-mark)."""
+
+    @abc.abstractmethod
+    def prepare(self, input: str, output: str, tokenizer: Optional[str] = None) -> None:
+        """Write the organic dataset `output`.{bin,idx} from the JSONL `input`."""
+
+    @abc.abstractmethod
+    def pretrain(self, cfg, parallel: ParallelConfig, grace_s: int = 240) -> None:
+        """Run `synpro_megatron.pretrain.config.PretrainConfig` cfg until cfg.stop_at_sample."""
+
+    @abc.abstractmethod
+    def probe(self, checkpoint: str, run_dir: str, args: Sequence[str] = ()) -> None:
+        """Reference-set projected gradients at `checkpoint`, written under run_dir/probe/."""
+
+    @abc.abstractmethod
+    def train_generator(self, kind: str, checkpoint: str, run_dir: str, args: Sequence[str] = ()) -> None:
+        """GRPO-train the `kind` generator against `checkpoint`, into run_dir/generators/KIND/."""
+
+    @abc.abstractmethod
+    def synthesize(self, kind: str, generator: str, round_k: int, run_dir: str, args: Sequence[str] = ()) -> None:
+        """Write run_dir/synthetic/round_K/KIND.{bin,idx} with the generator at `generator`."""
+
+    def interrupt(self, signum: int) -> None:
+        """Ask the running stage to stop (checkpointing if it can). Default: nothing runs."""
+
+
+def pretrain_cli_args(cfg) -> List[str]:
+    """`synpro pretrain` / `python -m synpro_megatron.pretrain` arguments for a PretrainConfig."""
+    a = ["--config", cfg.model, "--data", cfg.data, "--run-dir", cfg.run_dir, "--tp", str(cfg.tp),
+         "--pp", str(cfg.pp), "--max-steps", str(cfg.max_steps), "--micro-batch", str(cfg.micro_batch),
+         "--global-batch", str(cfg.global_batch), "--lr", repr(cfg.lr), "--eval-interval", str(cfg.eval_interval),
+         "--save-interval", str(cfg.save_interval), "--seed", str(cfg.seed)]
+    if cfg.seq_length:
+        a += ["--seq-len", str(cfg.seq_length)]
+    if cfg.tokenizer:
+        a += ["--tokenizer", cfg.tokenizer]
+    if cfg.resume:
+        a.append("--resume")
+    if cfg.blend_schedule:
+        a += ["--blend-schedule", cfg.blend_schedule]
+    for name, prefix in sorted(cfg.synthetic.items()):
+        a += ["--synthetic", f"{name}={prefix}"]
+    if cfg.stop_at_sample is not None:
+        a += ["--stop-at-sample", str(cfg.stop_at_sample)]
+    return a
+
+
+def launch_prefix(parallel: ParallelConfig, python: str = sys.executable, env=None) -> List[str]:
+    """Command prefix that starts `-m MODULE` on every training rank.
+
+    local, 1 process: plain python. local, N processes: torchrun --standalone (we start torchrun
+    ourselves rather than letting `synpro pretrain` re-exec, so the runner knows its ranks and
+    can signal them directly).
+    srun: one torchrun agent per node via srun, c10d rendezvous at MASTER_ADDR (the Slurm script
+    sets it from the first node of the allocation).
+    """
+    env = os.environ if env is None else env
+    launcher = parallel.launcher
+    if launcher == "auto":
+        launcher = "srun" if parallel.nnodes > 1 else "local"
+    if launcher == "local":
+        if parallel.nnodes > 1:
+            raise ValueError("parallel.launcher 'local' cannot start more than one node; use 'srun'")
+        if parallel.nproc_per_node == 1:
+            return [python]
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={parallel.nproc_per_node}"]
+    master = env.get("MASTER_ADDR")
+    if not master:
+        raise ValueError("parallel.launcher 'srun' needs MASTER_ADDR (the first node's address) in the environment")
+    port = env.get("MASTER_PORT", str(parallel.master_port))
+    run_id = env.get("SLURM_JOB_ID", "synpro")
+    # SYNPRO_SRUN_ARGS: extra srun flags, e.g. pyxis' --container-image=... --container-mounts=...
+    extra = shlex.split(env.get("SYNPRO_SRUN_ARGS", ""))
+    return ["srun", f"--nodes={parallel.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *extra,
+            python, "-m", "torch.distributed.run", f"--nnodes={parallel.nnodes}",
+            f"--nproc-per-node={parallel.nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={run_id}"]
+
+
+class SubprocessRunner(StageRunner, abc.ABC):
+    """Runs each stage as a child process and forwards SIGTERM to it on interrupt."""
+
+    def __init__(self, python: str = sys.executable, env: Optional[dict] = None, echo=print):
+        self.python = python
+        self.env = dict(os.environ if env is None else env)
+        self.echo = echo
+        self._proc: Optional[subprocess.Popen] = None
+        # reentrant: interrupt() runs in a signal handler, possibly while run_command holds it
+        self._lock = threading.RLock()
+        self._interrupted = False
+        self._signal_children = False
+
+    def run_command(self, stage: str, cmd: List[str], extra_env: Optional[dict] = None,
+                    signal_children: bool = False) -> None:
+        """Run `cmd`; `signal_children`: on interrupt, signal its child processes (torchrun's
+        ranks) rather than the process itself."""
+        env = dict(self.env, **(extra_env or {}))
+        self.echo(f"[synpro loop] {stage}: {shlex.join(cmd)}")
+        with self._lock:
+            if self._interrupted:
+                raise Interrupted(f"stage {stage} not started: interrupted")
+            self._proc = subprocess.Popen(cmd, env=env)
+            self._signal_children = signal_children
+        try:
+            rc = self._proc.wait()
+        finally:
+            with self._lock:
+                self._proc = None
+        if self._interrupted:
+            raise Interrupted(f"stage {stage} stopped on a signal (exit code {rc}); rerun to continue")
+        if rc != 0:
+            raise StageFailed(stage, f"command exited with code {rc}: {shlex.join(cmd)}")
+
+    def interrupt(self, signum: int) -> None:
+        with self._lock:
+            self._interrupted = True
+            if self._proc is None or self._proc.poll() is not None:
+                return
+            ranks = _children(self._proc.pid) if self._signal_children else []
+            for pid in ranks:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            if not ranks:  # not a launcher, or its ranks are not up yet
+                self._proc.send_signal(signal.SIGTERM)
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=False)]
+    except Exception:  # noqa: BLE001 - no psutil, or the process just exited: signal the launcher instead
+        return []
+
+
+class CliRunner(SubprocessRunner):
+    """The real stages: `python -m synpro_megatron.cli COMMAND ...` (pretrain via its module form)."""
+
+    def _cli(self, *args: str) -> List[str]:
+        return [self.python, "-m", "synpro_megatron.cli", *args]
+
+    def prepare(self, input, output, tokenizer=None):
+        cmd = self._cli("prepare", "--input", input, "--output", output)
+        if tokenizer:
+            cmd += ["--tokenizer", tokenizer]
+        self.run_command("prepare", cmd)
+
+    def pretrain(self, cfg, parallel, grace_s=240):
+        prefix = launch_prefix(parallel, self.python, self.env)
+        cmd = prefix + ["-m", "synpro_megatron.pretrain"] + pretrain_cli_args(cfg)
+        local_torchrun = "torch.distributed.run" in prefix and prefix[0] != "srun"
+        # torchrun waits this long for the ranks to checkpoint after a signal (default 30 s)
+        self.run_command("pretrain", cmd, {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(grace_s)},
+                         signal_children=local_torchrun)
+
+    def probe(self, checkpoint, run_dir, args=()):
+        self.run_command("probe", self._cli("probe", "--checkpoint", checkpoint, "--run-dir", run_dir, *args))
+
+    def train_generator(self, kind, checkpoint, run_dir, args=()):
+        self.run_command(f"train_generator:{kind}", self._cli(
+            "train-generator", "--kind", kind, "--checkpoint", checkpoint, "--run-dir", run_dir, *args))
+
+    def synthesize(self, kind, generator, round_k, run_dir, args=()):
+        self.run_command(f"synthesize:{kind}", self._cli(
+            "synthesize", "--kind", kind, "--generator", generator, "--round", str(round_k), "--run-dir", run_dir,
+            *args))
