@@ -160,3 +160,26 @@ def test_blended_run_resumes_inside_a_linear_phase(corpus, tmp_path):
     plain = run_pretrain(corpus, tmp_path / "plain", "--max-steps", "4", "--eval-interval", "2", "--save-interval", "0")
     assert losses(plain)[:2] == losses(whole)[:2], "identical while the schedule is all organic"
     assert losses(plain)[-1] != losses(whole)[-1], "the synthetic source changes training after the ramp starts"
+
+
+def test_sigterm_to_the_whole_process_group_checkpoints_then_resumes(corpus, tmp_path):
+    """Slurm preemption: srun/torchrun signal every process of the job. The step in flight finishes,
+    a checkpoint is written (its writer helper ignores the signal), and --resume continues."""
+    run_dir = tmp_path / "preempted"
+    args = ["--max-steps", "40", "--eval-interval", "0", "--save-interval", "0", "--tp", "2"]
+    cmd = [sys.executable, "-m", "synpro_megatron.cli", "pretrain", "--data", corpus, "--run-dir", str(run_dir),
+           *SMALL, *args, "--nproc-per-node", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(run_dir / "metrics.jsonl") and any(r["kind"] == "train" for r in metrics(run_dir)):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    step = int(open(run_dir / "checkpoints" / "latest").read())
+    assert 1 <= step < 40, err[-3000:]
+    resumed = run_pretrain(corpus, run_dir, *args, "--resume", nproc=2)
+    steps = [r["step"] for r in resumed if r["kind"] == "train"]
+    assert steps == list(range(1, 41))

@@ -7,11 +7,42 @@ previous checkpoint as the one to resume from.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
+from multiprocessing.managers import SyncManager
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+
+_WRITER_MANAGER = None
+
+
+def _ignore_stop_signals():
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def prepare_checkpoint_writer() -> None:
+    """Create the results queue of megatron's async checkpoint writer up front, in a helper process
+    that ignores SIGTERM/SIGUSR1/SIGINT.
+
+    Megatron otherwise starts a spawned multiprocessing Manager at the first save: ~3 s of
+    re-imports, a required __main__ guard, and a process in the rank's process group, so a Slurm
+    preemption signal (srun and torchrun signal the whole group) kills it and the very checkpoint
+    the signal asked for fails. Call before CUDA or the process group is initialised (it forks).
+    """
+    global _WRITER_MANAGER
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+
+    if getattr(fsa, "_results_queue", None) is not None:
+        return
+    manager = SyncManager(ctx=multiprocessing.get_context("fork"))
+    manager.start(initializer=_ignore_stop_signals)
+    _WRITER_MANAGER = manager  # keep it alive for the life of this process
+    fsa._results_queue = manager.Queue()
 
 
 def checkpoint_root(run_dir: str) -> str:
@@ -100,13 +131,3 @@ def load_checkpoint(path: str, gpt_model, optimizer=None, scheduler=None) -> dic
         scheduler.load_state_dict(state["opt_param_scheduler"])
     extra = state.get("synpro", {})
     return extra if isinstance(extra, dict) else {}
-
-
-def set_seed_everywhere(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -5,13 +5,12 @@ megatron-core assumes CUDA in a few places (research/megatron.md §B):
   * buffers, optimizer scalars and pipeline schedules allocate on `torch.cuda.current_device()` or
     literally on "cuda", and call `torch.cuda.synchronize()`;
   * gradient clipping asserts the grads are `torch.cuda.FloatTensor`;
-  * the distributed-checkpoint writer needs psutil and spawns a Manager (slow, needs a __main__ guard).
+  * the distributed-checkpoint writer needs psutil (its forked writer dies without it, hanging the save).
 `enable_cpu_mode()` fixes each of these, process-wide, and is idempotent.
 """
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -131,7 +130,4 @@ def enable_cpu_mode() -> None:
 
     if not getattr(fsa, "HAVE_PSUTIL", True):
         fsa._process_memory = lambda: 0  # the forked writer would die on psutil and hang the save
-    if getattr(fsa, "_results_queue", None) is None:
-        # A fork-context queue avoids a spawned Manager that re-imports everything (~3 s per save).
-        fsa._results_queue = multiprocessing.get_context("fork").Manager().Queue()
     _ENABLED = True

@@ -63,6 +63,13 @@ def build_train_dataset(cfg, tokenizer, num_samples: int, needs_data: bool):
     if cfg.blend_schedule:
         from synpro_megatron.blending import build_blended_dataset
 
+        for name, prefix in cfg.synthetic.items():
+            if not os.path.exists(prefix + ".idx"):
+                raise FileNotFoundError(f"synthetic source {name!r}: {prefix}.idx not found")
+            if os.path.getsize(prefix + ".bin") == 0:
+                raise ValueError(f"synthetic source {name!r} ({prefix}) has no documents; "
+                                 f"leave it out of the blend schedule")
+
         prefixes = {"organic": cfg.data, **cfg.synthetic}
         return build_blended_dataset(cfg.blend_schedule, prefixes, num_samples, config, needs_data)
     return build_gpt_dataset(cfg.data, num_samples, config, needs_data)

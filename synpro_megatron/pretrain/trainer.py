@@ -45,6 +45,7 @@ def init_distributed(tp: int, pp: int, seed: int) -> None:
 
         enable_cpu_mode()
     if not dist.is_initialized():
+        ckpt.prepare_checkpoint_writer()
         backend = "nccl" if cuda else "gloo"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
