@@ -14,8 +14,12 @@ import warnings
 COMMAND_MODULES = [
     "synpro_megatron.data.prepare",
     "synpro_megatron.pretrain.launch",
+    "synpro_megatron.influence.cli",
     "synpro_megatron.blending.inspect",
     "synpro_megatron.loop.cli",
+    "synpro_megatron.eval.cli",
+    "synpro_megatron.rl.cli",
+    "synpro_megatron.demo",
 ]
 
 

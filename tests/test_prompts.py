@@ -130,3 +130,12 @@ def test_piece_budget():
     assert piece_token_budget(8192, 300, 1024, "reformat") == 8192 - 300 - 1024
     with pytest.raises(ValueError, match="window too small"):
         piece_token_budget(512, 400, 256, "rephrase")
+
+
+def test_rephrase_drops_a_lead_line_in_the_models_own_words():
+    from synpro_megatron.generators.prompts import parse_rephrase
+
+    assert parse_rephrase("Here is a rewritten version of the document:\nThe cat sat.") == "The cat sat."
+    assert parse_rephrase("Sure! Here's the text in clean prose:\nThe cat sat.\nIt purred.") == "The cat sat.\nIt purred."
+    # only a leading line that ends with a colon is chatter; content that starts with "Here is" stays
+    assert parse_rephrase("Here is the museum. It opened in 1901.") == "Here is the museum. It opened in 1901."

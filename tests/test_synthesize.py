@@ -30,7 +30,7 @@ class FakeReformatBackend:
         self.prompts_seen = 0
         self.last_generated_tokens = 0
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0):
         out = []
         for messages in prompts:
             piece = messages[-1]["content"].split(DOCUMENT_MARKER + "\n", 1)[1]

@@ -32,7 +32,7 @@ class GenerationBackend(Protocol):
     context_length: int
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]: ...
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]: ...
 
 
 def _offline_env() -> None:
@@ -189,7 +189,7 @@ class HFBackend:
         return sorted(i for i in ids if i is not None)
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]:
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
         import torch
 
         texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
@@ -207,7 +207,8 @@ class HFBackend:
                 out = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
                     temperature=temperature if sample else None, top_p=top_p if sample else None,
-                    top_k=0 if sample else None, eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+                    top_k=0 if sample else None, eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None)
             new = out[:, enc["input_ids"].shape[1]:]
             pad = self.tokenizer.pad_token_id
             for row in range(len(batch)):
@@ -246,12 +247,13 @@ class VLLMBackend:
         self.last_generated_tokens = 0
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0) -> list[list[str]]:
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
         from vllm import SamplingParams
 
         # One seed per request: each prompt's samples do not depend on the batch it ran in.
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=seed * 1_000_003 + i) for i in range(len(prompts))]
+                                 repetition_penalty=repetition_penalty, seed=seed * 1_000_003 + i)
+                  for i in range(len(prompts))]
         outputs = self.llm.chat(prompts, sampling_params=params, use_tqdm=False)
         self.last_generated_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         return [[c.text.strip() for c in o.outputs] for o in outputs]

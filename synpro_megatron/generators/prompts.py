@@ -113,8 +113,16 @@ def strip_marker(kind: str, text: str) -> str:
     return (text[match.end():] if match else text).strip()
 
 
+# "Here is a rewritten version of the document:" and the like: a lead line in the model's own words.
+# It is chatter, not content: drop it from the training text (the format reward still asks for ours).
+_LOOSE_LEAD_RE = re.compile(r"^\s*(?:sure[,!.]?\s*)?(?:here is|here's|below is)\b[^\n]{0,120}:\s*\n", re.IGNORECASE)
+
+
 def parse_rephrase(completion: str) -> str:
-    return strip_marker("rephrase", completion_text(completion))
+    text = completion_text(completion)
+    if LEAD_RE.search(text):
+        return strip_marker("rephrase", text)
+    return _LOOSE_LEAD_RE.sub("", text, count=1).strip()
 
 
 @dataclass(frozen=True)

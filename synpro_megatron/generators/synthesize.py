@@ -58,6 +58,8 @@ class SynthesisConfig:
     max_source_tokens: Optional[int] = None  # extra cap on a piece (default: what the window allows)
     temperature: float = 1.0
     top_p: float = 0.9
+    # small generators loop on a phrase; a mild penalty keeps more rewrites past the repetition gate
+    repetition_penalty: float = 1.15
     candidates: int = 1  # samples per piece; the best passing one is kept
     seed: int = 1234
     tokenizer: Optional[str] = None  # pretraining tokenizer for the .bin (default SmolLM2)
@@ -256,7 +258,8 @@ def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_in
     prompts = [render_messages(cfg.kind, p) for ps in pieces for p in ps]
     t0 = time.time()
     completions = backend.generate(prompts, n=cfg.candidates, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_new_tokens=cfg.max_new_tokens, seed=_batch_seed(cfg, batch_index))
+                                   max_new_tokens=cfg.max_new_tokens, seed=_batch_seed(cfg, batch_index),
+                                   repetition_penalty=cfg.repetition_penalty)
     gen_seconds = time.time() - t0
     # candidate c of a document = its pieces' c-th samples, parsed and joined in order
     cand_sources, cand_outputs, cand_units, cand_raw, owners = [], [], [], [], []
@@ -300,6 +303,7 @@ def _fingerprint(cfg: SynthesisConfig, generator: str, source: str, selected: li
             "select": cfg.select, "limit": cfg.limit, "documents": len(selected), "ids_sha256": ids_digest,
             "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
             "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
+            "repetition_penalty": cfg.repetition_penalty,
             "align_threshold": cfg.faithfulness.align_threshold}
 
 

@@ -50,6 +50,7 @@ def register_cli(sub) -> None:
     s.add_argument("--max-source-tokens", type=int, default=None)
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--repetition-penalty", type=float, default=1.15)
     s.add_argument("--candidates", type=int, default=1, help="samples per document; the best one passing the gate is kept")
     s.add_argument("--seed", type=int, default=1234)
     s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
@@ -91,6 +92,7 @@ def _synth_cli(args) -> int:
         source_jsonl=args.source_jsonl, select=args.select, doc_losses=args.doc_losses, limit=args.limit,
         backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
         candidates=args.candidates, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
     try:
         result = run_synthesis(cfg)
