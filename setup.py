@@ -78,7 +78,7 @@ setup(
     cmdclass=cmdclass,
     install_requires=read_requirements("cpu.txt"),
     extras_require={
-        # vllm and transformer-engine need CUDA; never list the PyPI "apex" (an unrelated web toolkit).
+        # vllm and transformer-engine need CUDA; never list the PyPI package named apex (an unrelated web toolkit).
         "gpu": ["vllm>=0.8", "transformer-engine[pytorch]>=2.0", "triton>=3.1"],
         "dev": read_requirements("dev.txt"),
     },
