@@ -13,6 +13,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+# One implementation of atomic writes and tolerant JSON(L) reads, shared with the loop.
+from synpro_megatron.loop.fsutil import atomic_write_text as write_text_atomic  # noqa: F401 - re-exported
+from synpro_megatron.loop.fsutil import read_json  # noqa: F401 - re-exported
+from synpro_megatron.loop.fsutil import read_jsonl as _read_jsonl
+
 REALIZED_MAX_SAMPLES = 4_000_000  # above this the blend plot shows the schedule's target only
 
 
@@ -27,47 +32,11 @@ def append_jsonl_atomic(path: str, record: dict) -> None:
     write_text_atomic(path, old + json.dumps(record, sort_keys=True) + "\n")
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def read_jsonl(path: str) -> List[dict]:
-    """Records of a JSONL file. A malformed *last* line is skipped (a live run may be writing it);
-    a malformed line elsewhere is an error naming file and line."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    out = []
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last:
-                break
-            raise ValueError(f"{path}:{i + 1}: malformed JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object")
-        out.append(rec)
-    return out
-
-
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    """Records of a JSONL file (missing file: FileNotFoundError); a torn last line is skipped."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    return _read_jsonl(path)
 
 
 def is_number(v) -> bool:

@@ -81,7 +81,7 @@ def read_jsonl(path: str, tolerate_torn_tail: bool = True) -> List[dict]:
         except json.JSONDecodeError as e:
             if tolerate_torn_tail and i == last:
                 break
-            raise ValueError(f"{path}:{i + 1}: invalid JSON line: {e.msg}") from None
+            raise ValueError(f"{path}:{i + 1}: malformed JSON ({e.msg})") from None
         if not isinstance(rec, dict):
             raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(rec).__name__}")
         out.append(rec)
