@@ -285,7 +285,7 @@ class BlendSchedule:
 
     def segment_table(self) -> SegmentTable:
         K = len(self.sources)
-        starts, linear, weight, slope, candidate, lengths = [], [], [], [], [], []
+        starts, linear, weight, slope, candidate = [], [], [], [], []
         for i, phase in enumerate(self.phases):
             next_start = self.phases[i + 1].start if i + 1 < len(self.phases) else None
             a = normalise(self._vector(phase.weights))

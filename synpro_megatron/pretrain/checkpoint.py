@@ -13,7 +13,6 @@ import signal
 from multiprocessing.managers import SyncManager
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 

@@ -7,15 +7,13 @@ order is a pure function of consumed_samples (see pretrain/data.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import signal
 import socket
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 import torch.distributed as dist
@@ -307,12 +305,3 @@ def _progress(rank: int, step: int, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=step, desc="pretrain", unit="step", file=sys.stderr, disable=None)
-
-
-def config_from_args_json(path: str) -> PretrainConfig:
-    with open(path, encoding="utf-8") as f:
-        return PretrainConfig.from_dict(json.load(f))
-
-
-def replace(cfg: PretrainConfig, **kw) -> PretrainConfig:
-    return dataclasses.replace(cfg, **kw)
