@@ -50,3 +50,24 @@ def test_paper_shapes():
     with pytest.raises(ValueError, match="unknown model config"):
         get_model_config("7b")
     assert set(MODEL_CONFIGS) == {"tiny", "400m", "1b"}
+
+
+def test_train_dataset_uses_every_document(tmp_path):
+    """Regression: a GPTDatasetConfig built without a blend is turned into a mock config by
+    megatron-core, with split "1,1,1": the train split was a third of the documents."""
+    from synpro_megatron.blending.dataset import build_source_datasets
+    from synpro_megatron.data.indexed import write_indexed_dataset
+    from synpro_megatron.data.tokenizer import load_tokenizer
+    from synpro_megatron.pretrain.data import build_gpt_dataset, gpt_dataset_config
+
+    tok = load_tokenizer(None)
+    docs = [[5 + i, 6 + i, 7 + i, 8 + i, tok.eod] for i in range(9)]
+    write_indexed_dataset(str(tmp_path / "nine"), docs, tok.vocab_size)
+    write_indexed_dataset(str(tmp_path / "one"), docs[:1], tok.vocab_size)
+    config = gpt_dataset_config(tok, 4, 1, str(tmp_path / "cache"))
+    assert config.split_matrix[0] == (0, 1.0) and not config.mock
+    ds = build_gpt_dataset(str(tmp_path / "nine"), 20, config, True)
+    assert sorted(ds.indices.tolist()) == list(range(9))
+    # a synthetic round of a single document is a usable blend source
+    one = build_source_datasets({"r1": str(tmp_path / "one")}, {"r1": 4}, config)["r1"]
+    assert one.indices.tolist() == [0]

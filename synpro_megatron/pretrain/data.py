@@ -33,6 +33,10 @@ def gpt_dataset_config(tokenizer, seq_length: int, seed: int, cache_dir: Optiona
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,  # causal masking is built into the attention kernels
+        # An empty blend, filled in per dataset (_with_blend): without one, megatron-core turns the
+        # config into a mock one and resets the split to "1,1,1", i.e. a train split of a third of
+        # the documents
+        blend=([], None),
         split="1,0,0",  # the held-out split lives in its own files (synpro prepare)
         path_to_cache=cache_dir,
         mid_level_dataset_surplus=0.005,
