@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from synpro_megatron.generators.backends import GeneratorLoadError, load_generator_tokenizer, resolve_generator_path
-from synpro_megatron.generators.prompts import DOCUMENT_MARKER, REFORMAT_HEADING, render_messages
+from synpro_megatron.generators.prompts import (EXAMPLE_SOURCE, PREFILLS, REFORMAT_HEADING, render_messages,
+                                                source_of)
 from synpro_megatron.generators.smollm2 import smollm2_path
 from synpro_megatron.generators.synthesize import (FAIL_AFTER_ENV, PACKAGED_SAMPLE, SimulatedCrash, SourceDoc,
                                                    SynthesisConfig, load_sources, read_journal, run_synthesis,
-                                                   select_documents, work_dir)
-from synpro_megatron.rewards.faithfulness import split_sentences
+                                                   select_documents, trained_with_few_shot, work_dir)
+from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, split_sentences
 
 
 class FakeReformatBackend:
@@ -33,7 +34,7 @@ class FakeReformatBackend:
     def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0):
         out = []
         for messages in prompts:
-            piece = messages[-1]["content"].split(DOCUMENT_MARKER + "\n", 1)[1]
+            piece = source_of(messages)
             if hashlib.sha1(piece.encode()).hexdigest()[0] in "0123":
                 text = "I'm sorry, but I cannot help with rewriting this."
             else:
@@ -259,3 +260,103 @@ def test_hf_backend_generates_real_text():
     assert backend.last_generated_tokens > 0
     assert backend.generate(prompts, n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3) == first
     assert backend.context_length >= 2048
+    # a prefill: the model continues the started answer, which comes back in front of the completion
+    filled = backend.generate([render_messages("reformat", "Water boils at 100 degrees Celsius at sea level.",
+                                               prefill=True)], n=1, temperature=0, max_new_tokens=12, seed=0)
+    assert filled[0][0].startswith(PREFILLS["reformat"].strip())
+    assert len(filled[0][0]) > len(PREFILLS["reformat"].strip())  # and something was generated after it
+    # few-shot prompts fit the window with room for the answer
+    tok = backend.tokenizer
+    few = tok.apply_chat_template(render_messages("rephrase", "x", few_shot=True), tokenize=False,
+                                  add_generation_prompt=True)
+    assert len(tok(few)["input_ids"]) < backend.context_length // 4
+
+
+# ------------------------------------------------------------------------------------- selection
+
+class PieceParityBackend:
+    """Rephrase stand-in: sample c of piece p is a faithful rewrite when (p + c) is even, a refusal
+    otherwise, so only choosing the sample per piece keeps a multi-piece document whole."""
+
+    def __init__(self, path="fake-parity-generator"):
+        self.tokenizer = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+        self.context_length = 8192
+        self.path = path
+        self.last_generated_tokens = 0
+        self.prompts = []
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0):
+        out = []
+        for p, messages in enumerate(prompts):
+            self.prompts.append(messages)
+            piece = source_of(messages)
+            faithful = "Here is a paraphrased version:\n" + "\n".join(f"In short: {s}" for s in split_sentences(piece))
+            out.append([faithful if (p + c) % 2 == 0 else "I'm sorry, but I cannot rewrite this." for c in range(n)])
+        return out
+
+
+# The stand-ins' rewrites are faithful but not good paraphrases (mostly the source's own 3-grams,
+# a little longer): these tests are about selection, so the copy and length bounds are relaxed.
+LENIENT = FaithfulnessConfig(min_novel_trigrams=0.0, length_ratio={"rephrase": (0.25, 5.0), "reformat": (0.05, 5.0)})
+
+
+def test_best_sample_is_chosen_per_piece(tmp_path):
+    common = dict(kind="rephrase", limit=6, batch_size=6, max_new_tokens=128, max_source_tokens=40,
+                  faithfulness=LENIENT)
+    entry = run_synthesis(_config(tmp_path / "two", candidates=2, **common), backend=PieceParityBackend())
+    records = read_journal(work_dir(_config(tmp_path / "two", **common)) / "journal.rank0.jsonl")
+    assert any(r["pieces"] > 1 for r in records)
+    # every piece had one faithful sample among its two: every document is kept, without a refusal
+    assert entry["documents"] == 6 and all(r["kept"] for r in records)
+    assert all(r["pieces_passed"] == r["pieces"] for r in records)
+    assert not any("sorry" in r["text"] for r in records)
+
+    # one sample per piece: a rephrase with a failed piece is dropped whole, and the piece is named
+    run_synthesis(_config(tmp_path / "one", candidates=1, **common), backend=PieceParityBackend())
+    records = read_journal(work_dir(_config(tmp_path / "one", **common)) / "journal.rank0.jsonl")
+    multi = [r for r in records if r["pieces"] > 1]
+    assert multi and not any(r["kept"] for r in multi)
+    assert all(any(reason.startswith("piece ") for reason in r["reasons"]) for r in multi)
+
+
+class InventedEntryBackend(FakeReformatBackend):
+    """Reformat stand-in: the faithful entries of FakeReformatBackend plus one invented entry."""
+
+    def generate(self, prompts, n=1, **kw):
+        out = []
+        for messages in prompts:
+            piece = source_of(messages)
+            entries = [f"Topic (factual): {' '.join(s.split()[:4])}\nContent: {s}" for s in split_sentences(piece)[:3]]
+            entries.append("Topic (factual): The Moon landing\nContent: Neil Armstrong walked on the Moon in 1969.")
+            out.append([REFORMAT_HEADING + "\n" + "\n\n".join(entries)] * n)
+        return out
+
+
+def test_reformat_keeps_the_faithful_entries(tmp_path):
+    common = dict(limit=3, max_source_tokens=400, faithfulness=LENIENT)
+    entry = run_synthesis(_config(tmp_path / "filter", **common), backend=InventedEntryBackend())
+    records = read_journal(work_dir(_config(tmp_path / "filter", **common)) / "journal.rank0.jsonl")
+    assert entry["documents"] == 3
+    assert all("Moon" not in r["text"] and r["text"].startswith("Topic: ") for r in records)
+    assert all(any("entries failed the gate" in note for note in r["cleanup"]) for r in records)
+    # gated as one block, the invented entry sinks the whole output
+    entry = run_synthesis(_config(tmp_path / "block", filter_entries=False, **common), backend=InventedEntryBackend())
+    assert entry["documents"] == 0
+    dropped = _read_jsonl(tmp_path / "block" / "synthetic" / "round_1" / "reformat.dropped.jsonl")
+    assert any("Neil Armstrong" in reason or "1969" in reason for d in dropped for reason in d["reasons"])
+
+
+def test_prompts_follow_how_the_generator_was_trained(tmp_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "synpro_generator.json").write_text(json.dumps({"kind": "rephrase", "config": {"few_shot": True}}))
+    assert trained_with_few_shot(str(gen)) and not trained_with_few_shot(str(tmp_path))
+    backend = PieceParityBackend(path=str(gen))
+    run_synthesis(_config(tmp_path / "run", kind="rephrase", limit=2), backend=backend)
+    assert all(EXAMPLE_SOURCE in m[1]["content"] for m in backend.prompts)  # the worked example comes first
+    backend = PieceParityBackend(path=str(gen))
+    run_synthesis(_config(tmp_path / "run2", kind="rephrase", limit=2, few_shot=False), backend=backend)
+    assert not any(EXAMPLE_SOURCE in msg["content"] for m in backend.prompts for msg in m)
+    (gen / "synpro_generator.json").write_text("{not json")
+    with pytest.raises(ValueError, match="synpro_generator.json"):
+        trained_with_few_shot(str(gen))

@@ -3,7 +3,9 @@
     backend.generate(prompts, n, temperature, top_p, max_new_tokens, seed) -> list[list[str]]
 
 `prompts` is a list of chat conversations (lists of {"role", "content"} dicts); the result holds `n`
-completions per prompt (the assistant text only). Both backends also expose `.tokenizer` (the
+completions per prompt (the assistant text only). A conversation that ends with an assistant
+message is a prefill: the model continues that message, and the returned text starts with it.
+Both backends also expose `.tokenizer` (the
 generator's Hugging Face tokenizer, used for chunking) and `.context_length`.
 
 * HFBackend: transformers `generate`, batched with left padding. The CPU path and the tests.
@@ -150,6 +152,20 @@ def _context_length(config, default: int = 2048) -> int:
     return default
 
 
+def prefill_of(messages: list[dict]) -> str:
+    """The start of the answer the conversation already gives (a final assistant message), or ""."""
+    last = messages[-1] if messages else {}
+    return last.get("content", "") if last.get("role") == "assistant" else ""
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The prompt text: a new assistant turn, or the continuation of a final assistant message."""
+    if prefill_of(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                             continue_final_message=True)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class HFBackend:
     """transformers `generate`; batched (left padding) for throughput on CPU."""
 
@@ -192,7 +208,8 @@ class HFBackend:
                  max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        texts = [render_chat(self.tokenizer, p) for p in prompts]
+        prefills = [prefill_of(p) for p in prompts]
         stop_ids = self._stop_ids()
         results: list[list[str]] = []
         self.last_generated_tokens = 0
@@ -216,7 +233,8 @@ class HFBackend:
                 for j in range(n):
                     ids = new[row * n + j].tolist()
                     self.last_generated_tokens += sum(1 for t in ids if t != pad)
-                    group.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    group.append((prefills[start + row] + text).strip())
                 results.append(group)
         return results
 
@@ -254,9 +272,13 @@ class VLLMBackend:
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                  repetition_penalty=repetition_penalty, seed=seed * 1_000_003 + i)
                   for i in range(len(prompts))]
-        outputs = self.llm.chat(prompts, sampling_params=params, use_tqdm=False)
+        prefills = [prefill_of(p) for p in prompts]
+        if any(prefills) and not all(prefills):
+            raise ValueError("a vLLM batch must be all prefills or none (chat template flags are per call)")
+        outputs = self.llm.chat(prompts, sampling_params=params, use_tqdm=False,
+                                add_generation_prompt=not prefills[0], continue_final_message=bool(prefills[0]))
         self.last_generated_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-        return [[c.text.strip() for c in o.outputs] for o in outputs]
+        return [[(pre + c.text).strip() for c in o.outputs] for pre, o in zip(prefills, outputs)]
 
     def reload_weights(self, weights_path: str) -> None:
         """Refresh the engine's weights from a folder of safetensors (e.g. after an RL step)."""

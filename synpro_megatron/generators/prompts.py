@@ -54,6 +54,38 @@ Start your answer with the line "{REFORMAT_HEADING}"."""
 INSTRUCTIONS = {"rephrase": REPHRASE_INSTRUCTIONS, "reformat": REFORMAT_INSTRUCTIONS}
 DOCUMENT_MARKER = "Document:"
 
+# A worked example, shown as an earlier turn of the chat (few_shot=True). A 135M generator copies
+# the form of an example far more reliably than it follows written rules; a 1B one does not need
+# it. The example is invented and belongs to no corpus; copying it counts as prompt echo and fails
+# the entity check.
+EXAMPLE_SOURCE = """Home » News » Community
+Posted by admin | 3 comments
+The Millbrook community garden will open its new greenhouse on Saturday, May 4. Volunteers built the greenhouse over six weeks with wood donated by a local sawmill. It holds 40 raised beds, and residents can rent a bed for $15 a season.
+Click here to subscribe to our newsletter!
+To reserve a bed, email the garden committee before April 20. Beds are assigned in the order requests arrive.
+Share this: Facebook Twitter"""
+EXAMPLE_ANSWERS = {
+    "rephrase": f"""{REPHRASE_LEAD}
+On Saturday, May 4, the Millbrook community garden opens its new greenhouse. Over six weeks, volunteers built it from wood that a local sawmill donated. The greenhouse has 40 raised beds, which residents may rent for $15 per season.
+Anyone who wants a bed should email the garden committee before April 20. Beds go to requests in the order they arrive.""",
+    "reformat": f"""{REFORMAT_HEADING}
+Topic (factual): The Millbrook greenhouse opening
+Content: The Millbrook community garden opens its new greenhouse on Saturday, May 4. It holds 40 raised beds.
+
+Topic (analytical): How the greenhouse was built
+Content: Volunteers built the greenhouse over six weeks with wood donated by a local sawmill.
+
+Topic (problem-solving): Reserving a bed
+Content: Residents email the garden committee before April 20 and pay $15 a season. Beds are assigned in the order requests arrive.""",
+}
+FOLLOW_UP = {
+    "rephrase": f"Now the same for this document. Start with the line \"{REPHRASE_LEAD}\"",
+    "reformat": f"Now the same for this document. Start with the line \"{REFORMAT_HEADING}\"",
+}
+# prefill=True starts the answer for the model (it continues from here): the lead line, or the
+# heading and the first entry's label, so a small model cannot drift into its own format.
+PREFILLS = {"rephrase": f"{REPHRASE_LEAD}\n", "reformat": f"{REFORMAT_HEADING}\nTopic (factual):"}
+
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
@@ -61,23 +93,43 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def render_messages(kind: str, source: str, system: Optional[str] = SYSTEM_PROMPT) -> list[dict]:
+def _request(kind: str, source: str) -> dict:
+    return {"role": "user", "content": f"{INSTRUCTIONS[kind]}\n\n{DOCUMENT_MARKER}\n{source.strip()}"}
+
+
+def render_messages(kind: str, source: str, system: Optional[str] = SYSTEM_PROMPT, few_shot: bool = False,
+                    prefill: bool = False) -> list[dict]:
     """Chat messages asking the generator to rewrite `source` as `kind`.
 
     A system message is always sent (even our own) because SmolLM2's template otherwise injects
-    its default persona line.
+    its default persona line. few_shot puts the worked example first; prefill ends the chat with
+    the start of the answer (backends continue it and return it with the completion).
     """
     check_kind(kind)
-    user = f"{INSTRUCTIONS[kind]}\n\n{DOCUMENT_MARKER}\n{source.strip()}"
-    messages = [{"role": "user", "content": user}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
+    messages = [{"role": "system", "content": system}] if system else []
+    if few_shot:
+        # the instructions once, with the example; the real request then only names the task
+        # (on a CPU every prompt token is paid for once per sample)
+        messages += [_request(kind, EXAMPLE_SOURCE), {"role": "assistant", "content": EXAMPLE_ANSWERS[kind]},
+                     {"role": "user", "content": f"{FOLLOW_UP[kind]}\n\n{DOCUMENT_MARKER}\n{source.strip()}"}]
+    else:
+        messages.append(_request(kind, source))
+    if prefill:
+        messages.append({"role": "assistant", "content": PREFILLS[kind]})
     return messages
 
 
+def source_of(messages: list[dict]) -> str:
+    """The document a prompt from render_messages asks about (its last user turn)."""
+    user = [m for m in messages if m.get("role") == "user"][-1]["content"]
+    return user.split(f"{DOCUMENT_MARKER}\n", 1)[1]
+
+
 def instruction_text(kind: str) -> str:
-    """The fixed part of the prompt (what a prompt-echo check compares against)."""
-    return f"{SYSTEM_PROMPT}\n{INSTRUCTIONS[check_kind(kind)]}"
+    """The fixed part of the prompt, the worked example included (what a prompt-echo check
+    compares against)."""
+    kind = check_kind(kind)
+    return f"{SYSTEM_PROMPT}\n{INSTRUCTIONS[kind]}\n{EXAMPLE_SOURCE}\n{EXAMPLE_ANSWERS[kind]}"
 
 
 def completion_text(completion) -> str:

@@ -19,6 +19,7 @@ world come from RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import Optional
 
 from synpro_megatron.generators.chunking import chunk_source, join_outputs, piece_token_budget
-from synpro_megatron.generators.prompts import check_kind, output_units, parse_output, render_messages
+from synpro_megatron.generators.cleanup import clean_rephrase, clean_reformat_entries
+from synpro_megatron.generators.prompts import (check_kind, parse_output, parse_reformat, reformat_to_text,
+                                                render_messages)
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch
 
 PACKAGED_SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "web_sample.jsonl.gz"
@@ -61,6 +64,10 @@ class SynthesisConfig:
     # small generators loop on a phrase; a mild penalty keeps more rewrites past the repetition gate
     repetition_penalty: float = 1.15
     candidates: int = 1  # samples per piece; the best passing one is kept
+    few_shot: Optional[bool] = None  # show a worked example first; None: as the generator was trained
+    prefill: bool = False  # start the answer with the lead line / heading (the model continues it)
+    clean: bool = True  # rephrase: cut meta sentences, repetition loops and a cut-off tail (cleanup.py)
+    filter_entries: bool = True  # reformat: keep the entries that pass the gate on their own
     seed: int = 1234
     tokenizer: Optional[str] = None  # pretraining tokenizer for the .bin (default SmolLM2)
     rank: Optional[int] = None
@@ -236,58 +243,124 @@ def _token_counter(tokenizer):
     return count
 
 
-def _prompt_overhead(tokenizer, kind: str) -> int:
-    ids = tokenizer.apply_chat_template(render_messages(kind, ""), add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
+def render_prompt(cfg: SynthesisConfig, piece: str) -> list[dict]:
+    return render_messages(cfg.kind, piece, few_shot=bool(cfg.few_shot), prefill=cfg.prefill)
+
+
+def _prompt_overhead(tokenizer, cfg: SynthesisConfig) -> int:
+    from synpro_megatron.generators.backends import render_chat
+
+    ids = tokenizer(render_chat(tokenizer, render_prompt(cfg, "")), add_special_tokens=False)["input_ids"]
     return len(ids) + 8  # + the separator tokens around the document
 
 
+def _relaxed_for_entries(config: FaithfulnessConfig) -> FaithfulnessConfig:
+    # One entry is a small part of its source by design: the length bounds apply to the kept set.
+    return dataclasses.replace(config, length_ratio={**config.length_ratio, "reformat": (0.0, float("inf"))})
+
+
+def _reformat_candidates(raws: list[str], sources: list[str], cfg: SynthesisConfig) -> list[tuple]:
+    """(text, units, notes) per reformat completion: entries parsed, repeated and cut-off entries
+    dropped, then each entry gated on its own against the piece; the faithful ones are kept."""
+    parsed = []
+    for raw, src in zip(raws, sources):
+        entries, notes = clean_reformat_entries(parse_reformat(raw), src)
+        parsed.append((entries, notes))
+    verdicts: list = []
+    if cfg.filter_entries:
+        flat_src = [src for src, (entries, _) in zip(sources, parsed) for _ in entries]
+        flat_out = [e.as_text() for entries, _ in parsed for e in entries]
+        flat_units = [[f"{e.topic}. {e.content}"] for entries, _ in parsed for e in entries]
+        verdicts = faithfulness_batch(flat_src, flat_out, kind="reformat", units=flat_units,
+                                      config=_relaxed_for_entries(cfg.faithfulness)) if flat_out else []
+    out, pos = [], 0
+    for entries, notes in parsed:
+        if cfg.filter_entries:
+            mine = verdicts[pos:pos + len(entries)]
+            pos += len(entries)
+            failed = [(e, v) for e, v in zip(entries, mine) if not v.passed]
+            if failed:
+                notes = notes + [f"{len(failed)} of {len(entries)} entries failed the gate"]
+                # why, for the journal: a candidate left with no entry is dropped for these reasons
+                notes += [f"entry {e.topic[:40]!r}: {v.reasons[0]}" for e, v in failed[:3]]
+            entries = [e for e, v in zip(entries, mine) if v.passed]
+        out.append((reformat_to_text(entries), [f"{e.topic}. {e.content}" for e in entries], notes))
+    return out
+
+
+def _candidates(kind: str, raws: list[str], sources: list[str], cfg: SynthesisConfig) -> list[tuple]:
+    """(text, units, clean-up notes) for each completion of each piece, before the gate."""
+    if kind == "reformat":
+        return _reformat_candidates(raws, sources, cfg)
+    out = []
+    for raw, src in zip(raws, sources):
+        text = parse_output(kind, raw)
+        notes: list[str] = []
+        if cfg.clean:
+            cleaned = clean_rephrase(text, src)
+            text, notes = cleaned.text, cleaned.removed
+        out.append((text, None, notes))
+    return out
+
+
 def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_index: int) -> list[dict]:
-    """Journal records for one batch: chunk, generate, parse, rejoin, gate, pick the best candidate."""
+    """Journal records for one batch.
+
+    Each document is cut into pieces; each piece gets `candidates` samples, each sample is parsed,
+    cleaned (see generators/cleanup.py) and gated against its own piece, and the best passing
+    sample of each piece is kept. A rephrase keeps its document only when every piece has a passing
+    sample (a rewrite with a hole is not the same document); a reformat keeps the pieces that have
+    one (its entries stand on their own).
+    """
     from synpro_megatron.rewards.format import format_reward
     from synpro_megatron.rewards.quality import quality_reward
 
     tok = backend.tokenizer
     count = _token_counter(tok)
-    budget = piece_token_budget(backend.context_length, _prompt_overhead(tok, cfg.kind), cfg.max_new_tokens, cfg.kind)
+    budget = piece_token_budget(backend.context_length, _prompt_overhead(tok, cfg), cfg.max_new_tokens, cfg.kind)
     if cfg.max_source_tokens:
         budget = min(budget, cfg.max_source_tokens)
     pieces = [chunk_source(d.text, count, budget, encode=lambda t: tok.encode(t, add_special_tokens=False),
                            decode=tok.decode) for d in docs]
-    prompts = [render_messages(cfg.kind, p) for ps in pieces for p in ps]
+    flat = [p for ps in pieces for p in ps]
     t0 = time.time()
-    completions = backend.generate(prompts, n=cfg.candidates, temperature=cfg.temperature, top_p=cfg.top_p,
+    completions = backend.generate([render_prompt(cfg, p) for p in flat], n=cfg.candidates,
+                                   temperature=cfg.temperature, top_p=cfg.top_p,
                                    max_new_tokens=cfg.max_new_tokens, seed=_batch_seed(cfg, batch_index),
                                    repetition_penalty=cfg.repetition_penalty)
     gen_seconds = time.time() - t0
-    # candidate c of a document = its pieces' c-th samples, parsed and joined in order
-    cand_sources, cand_outputs, cand_units, cand_raw, owners = [], [], [], [], []
-    pos = 0
-    for d, ps in zip(docs, pieces):
-        per_piece = completions[pos:pos + len(ps)]
-        pos += len(ps)
-        for c in range(cfg.candidates):
-            raw = [group[c] for group in per_piece]
-            cand_sources.append(d.text)
-            cand_outputs.append(join_outputs(cfg.kind, [parse_output(cfg.kind, r) for r in raw]))
-            units = [u for r in raw for u in (output_units(cfg.kind, r) or [])]
-            cand_units.append(units if cfg.kind == "reformat" else None)
-            cand_raw.append(raw)
-            owners.append(d)
-    gates = faithfulness_batch(cand_sources, cand_outputs, kind=cfg.kind, config=cfg.faithfulness, units=cand_units)
-    quality = quality_reward(cand_sources, cand_outputs)
-    records = []
+    raws = [c for group in completions for c in group]
+    sources = [p for p in flat for _ in range(cfg.candidates)]
+    cands = _candidates(cfg.kind, raws, sources, cfg)
+    gates = faithfulness_batch(sources, [c[0] for c in cands], kind=cfg.kind, config=cfg.faithfulness,
+                               units=[c[1] for c in cands])
+    records, piece_pos = [], 0
     for j, d in enumerate(docs):
-        idx = list(range(j * cfg.candidates, (j + 1) * cfg.candidates))
-        passing = [i for i in idx if gates[i].passed]
-        best = max(passing, key=lambda i: (gates[i].score, -i)) if passing else idx[0]
-        fmt = sum(format_reward(cfg.kind, r) for r in cand_raw[best]) / max(1, len(cand_raw[best]))
+        chosen, passed_pieces, passing_total = [], 0, 0
+        for _ in pieces[j]:
+            idx = range(piece_pos * cfg.candidates, (piece_pos + 1) * cfg.candidates)
+            piece_pos += 1
+            passing = [i for i in idx if gates[i].passed]
+            passing_total += len(passing)
+            passed_pieces += bool(passing)
+            # the best passing sample; with none, the best-scoring one (its reasons are reported)
+            best = max(passing or idx, key=lambda i: (gates[i].score, -i))
+            chosen.append(best)
+        n = len(pieces[j])
+        kept = n > 0 and (passed_pieces == n if cfg.kind == "rephrase" else passed_pieces > 0)
+        use = [i for i in chosen if gates[i].passed] if kept else chosen
+        text = join_outputs(cfg.kind, [cands[i][0] for i in use])
+        weights = [max(1, len(sources[i])) for i in use]
+        faith = sum(gates[i].score * w for i, w in zip(use, weights)) / max(1, sum(weights))
+        # a failed piece's gate reasons, then what its clean-up removed (for reformat: why entries failed)
+        reasons = [f"piece {k + 1}/{n}: {r}" if n > 1 else r
+                   for k, i in enumerate(chosen) if not gates[i].passed for r in gates[i].reasons + cands[i][2]]
         records.append({
-            "source_index": d.index, "source_id": d.doc_id, "batch": batch_index, "kept": bool(passing),
-            "text": cand_outputs[best], "faithfulness": round(gates[best].score, 6),
-            "quality": round(quality[best], 6), "format": round(fmt, 6), "pieces": len(pieces[j]),
-            "candidates_passed": len(passing), "reasons": gates[best].reasons,
+            "source_index": d.index, "source_id": d.doc_id, "batch": batch_index, "kept": kept,
+            "text": text, "faithfulness": round(faith, 6), "quality": round(quality_reward([d.text], [text])[0], 6),
+            "format": round(sum(format_reward(cfg.kind, raws[i]) for i in use) / max(1, len(use)), 6),
+            "pieces": n, "pieces_passed": passed_pieces, "candidates_passed": passing_total,
+            "cleanup": [note for i in use for note in cands[i][2]], "reasons": reasons,
         })
     if records:
         records[0]["generation_seconds"] = round(gen_seconds, 3)
@@ -303,7 +376,8 @@ def _fingerprint(cfg: SynthesisConfig, generator: str, source: str, selected: li
             "select": cfg.select, "limit": cfg.limit, "documents": len(selected), "ids_sha256": ids_digest,
             "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
             "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
-            "repetition_penalty": cfg.repetition_penalty,
+            "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot, "prefill": cfg.prefill,
+            "clean": cfg.clean, "filter_entries": cfg.filter_entries,
             "align_threshold": cfg.faithfulness.align_threshold}
 
 
@@ -313,6 +387,18 @@ def _generator_name(cfg: SynthesisConfig, backend) -> str:
     from synpro_megatron.generators.backends import resolve_generator_path
 
     return resolve_generator_path(cfg.generator)
+
+
+def trained_with_few_shot(generator: str) -> bool:
+    """Whether `synpro train-generator` trained this generator on few-shot prompts (its
+    synpro_generator.json says so); a generator is best used with the prompts it was trained on."""
+    meta = Path(generator) / "synpro_generator.json"
+    if not meta.exists():
+        return False
+    try:
+        return bool(json.loads(meta.read_text(encoding="utf-8")).get("config", {}).get("few_shot", False))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{meta}: unreadable generator metadata ({e})") from None
 
 
 def _pin_local_gpu(cfg: SynthesisConfig, world: int) -> None:
@@ -347,7 +433,10 @@ def run_synthesis(cfg: SynthesisConfig, backend=None, fail_after_docs: Optional[
     if cfg.limit is not None:
         pool, losses = pool[:cfg.limit], (losses[:cfg.limit] if losses is not None else None)
     selected = select_documents(pool, cfg.select, losses)
-    fingerprint = _fingerprint(cfg, _generator_name(cfg, backend), source, selected)
+    generator = _generator_name(cfg, backend)
+    if cfg.few_shot is None:
+        cfg = dataclasses.replace(cfg, few_shot=trained_with_few_shot(generator))
+    fingerprint = _fingerprint(cfg, generator, source, selected)
 
     wdir = work_dir(cfg)
     job_file = wdir / "job.json"

@@ -151,6 +151,14 @@ def split_sentences(text: str, min_words: int = 4) -> list[str]:
     return merged
 
 
+_LOOSE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
+
+
+def _loose_clauses(sentence: str, min_words: int = 4) -> list[str]:
+    parts = [p.strip() for p in _LOOSE_SPLIT.split(sentence) if len(_WORD.findall(p)) >= min_words]
+    return parts if len(parts) > 1 else []
+
+
 def words(text: str) -> list[str]:
     return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
 
@@ -232,6 +240,9 @@ def _source_features(source: str):
     def make():
         sentences = split_sentences(source) or [source.strip()]
         units = sentences + [f"{a} {b}" for a, b in zip(sentences, sentences[1:])]
+        # sentences that start in lower case ("great view. decent breakfast") are not split above;
+        # their clauses are units too, or a faithful rewrite of one clause aligns with the whole run
+        units += [c for sent in sentences for c in _loose_clauses(sent)]
         emb = sentence_encoder().encode(units, convert_to_tensor=True, normalize_embeddings=True,
                                         batch_size=64, show_progress_bar=False)
         tokens = {_stem(w) for w in words(source)} | set(words(source))

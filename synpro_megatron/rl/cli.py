@@ -32,6 +32,8 @@ def register_cli(sub) -> None:
     t.add_argument("--beta", type=float, default=0.005)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--no-vllm", action="store_true", help="generate rollouts with transformers even on GPU")
+    t.add_argument("--few-shot", action="store_true",
+                   help="prompts start with a worked example (for small generators); synthesis then does the same")
     t.set_defaults(func=_train_cli)
 
     s = sub.add_parser("synthesize", help="rewrite the organic pool with a generator into a synthetic round")
@@ -51,7 +53,16 @@ def register_cli(sub) -> None:
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-p", type=float, default=0.9)
     s.add_argument("--repetition-penalty", type=float, default=1.15)
-    s.add_argument("--candidates", type=int, default=1, help="samples per document; the best one passing the gate is kept")
+    s.add_argument("--candidates", type=int, default=1,
+                   help="samples per document piece; the best one passing the gate is kept")
+    s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
+                   help="prompts start with a worked example (default: as the generator was trained)")
+    s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
+    s.add_argument("--no-clean", action="store_true",
+                   help="rephrase: keep meta sentences, repetition loops and cut-off tails (they then fail the gate)")
+    s.add_argument("--no-entry-filter", action="store_true",
+                   help="reformat: gate the entries as one block instead of keeping the faithful ones")
     s.add_argument("--seed", type=int, default=1234)
     s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
     s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
@@ -74,7 +85,7 @@ def _train_cli(args) -> int:
         num_generations=args.num_generations, prompts_per_device=args.prompts_per_device,
         gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_completion_length,
         max_source_tokens=args.max_source_tokens, learning_rate=args.lr, beta=args.beta, seed=args.seed,
-        use_vllm=False if args.no_vllm else None)
+        use_vllm=False if args.no_vllm else None, few_shot=args.few_shot)
     try:
         out = train_generator(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -93,7 +104,8 @@ def _synth_cli(args) -> int:
         backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
-        candidates=args.candidates, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
+        candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
+        filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
     try:
         result = run_synthesis(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:

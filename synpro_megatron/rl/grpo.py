@@ -61,6 +61,7 @@ class GRPORunConfig:
     max_completion_length: Optional[int] = None  # 2048 GPU, 48 CPU
     max_source_tokens: Optional[int] = None  # longest source used as a prompt: 1536 GPU, 160 CPU
     min_source_chars: int = 200
+    few_shot: bool = False  # prompts start with the worked example (small generators); saved with the generator
     mask_truncated_completions: bool = False
     temperature: float = 1.0
     top_p: float = 0.9
@@ -117,7 +118,7 @@ def build_prompt_dataset(cfg: GRPORunConfig, tokenizer):
         raise ValueError(f"{source}: only {len(usable)} documents have >= {cfg.min_source_chars} characters and "
                          f"<= {cfg.max_source_tokens} tokens; {cfg.num_prompts} prompts were asked for")
     chosen = random.Random(cfg.seed).sample(usable, cfg.num_prompts)
-    return Dataset.from_list([{"prompt": render_messages(cfg.kind, d.text), "source": d.text, "doc_id": d.doc_id}
+    return Dataset.from_list([{"prompt": render_messages(cfg.kind, d.text, few_shot=cfg.few_shot), "source": d.text, "doc_id": d.doc_id}
                               for d in chosen])
 
 
