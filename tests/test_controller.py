@@ -17,8 +17,12 @@ from synpro_megatron.loop.runner import launch_prefix, pretrain_cli_args
 
 
 def _read(path):
-    with open(path) as f:
-        return f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # a dataset file: compared byte for byte
+        return data
 
 
 SEQ = 256  # tiny's sequence length
@@ -437,3 +441,30 @@ def test_interrupt_signals_a_launchers_ranks_not_the_launcher(tmp_path):
     t.join()
     assert (tmp_path / "rank_checkpointed").exists()
     assert not (tmp_path / "launcher_signalled").exists()
+
+
+def test_a_small_round_is_read_at_most_max_epochs_times(tmp_path):
+    from synpro_megatron.data.indexed import read_documents
+
+    blend = {"organic": 0.5, "new_round": {"rephrase": 0.25, "reformat": 0.25}, "earlier_rounds": 0.1,
+             "max_epochs": 0.05}
+    cfg = make_cfg(tmp_path, max_rounds=1, blend=blend)
+    st = run_loop(cfg, tmp_path / "run")
+    ext = [h for h in st.history if h["stage"] == "extend_blend"][0]
+    remaining = cfg.total_steps() * 8 - ext["start_sample"]
+    caps = {}
+    for kind in ("rephrase", "reformat"):
+        tokens = sum(len(d) for d in read_documents(str(tmp_path / "run" / "synthetic" / "round_1" / kind)))
+        caps[kind] = 0.05 * tokens / SEQ / remaining
+        assert ext["epoch_caps"][f"round1_{kind}"] == pytest.approx(caps[kind], rel=1e-4)
+        assert ext["weights"][f"round1_{kind}"] == pytest.approx(min(0.25, caps[kind]), rel=1e-4)
+    assert min(caps.values()) < 0.25  # the cap did bind: the freed share went to organic data
+    assert ext["weights"]["organic"] == pytest.approx(1 - sum(min(0.25, c) for c in caps.values()))
+    sched = json.loads(_read(tmp_path / "run" / "blend" / "schedule_round_1.json"))
+    assert sched["phases"][1]["weights"] == pytest.approx(ext["weights"])
+
+    # no limit: the configured weights
+    blend["max_epochs"] = None
+    st = run_loop(make_cfg(tmp_path, max_rounds=1, blend=blend), tmp_path / "run2")
+    ext = [h for h in st.history if h["stage"] == "extend_blend"][0]
+    assert ext["weights"] == {"organic": 0.5, "round1_rephrase": 0.25, "round1_reformat": 0.25}

@@ -16,13 +16,31 @@ def initial_schedule():
     return BlendSchedule.constant({ORGANIC: 1.0})
 
 
-def round_weights(previous: Dict[str, float], round_k: int, kinds: Iterable[str], w: BlendWeights) -> Dict[str, float]:
+def epoch_caps(prefixes: Dict[str, str], seq_length: int, remaining_samples: int,
+               max_epochs: Optional[float]) -> Dict[str, float]:
+    """Largest weight each new source may get without being read more than `max_epochs` times
+    in the `remaining_samples` left to train (a round much smaller than the rest of the budget
+    would otherwise be repeated dozens of times). Empty when there is no limit."""
+    if not max_epochs or remaining_samples <= 0:
+        return {}
+    from synpro_megatron.data.indexed import read_documents
+
+    caps = {}
+    for name, prefix in prefixes.items():
+        tokens = sum(len(doc) for doc in read_documents(prefix))
+        caps[name] = max_epochs * (tokens / seq_length) / remaining_samples
+    return caps
+
+
+def round_weights(previous: Dict[str, float], round_k: int, kinds: Iterable[str], w: BlendWeights,
+                  caps: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Weights of the phase that blends in round `round_k`.
 
     `previous` holds the weights in force at the end of the previous phase. Every earlier
     synthetic source keeps a share of `w.earlier_rounds` in proportion to its previous weight, so
     earlier rounds stay in the mix; the organic data and the new round get their configured
-    weights. The result is normalised to sum to 1 (zeros are dropped).
+    weights. The result is normalised to sum to 1 (zeros are dropped). A new source whose weight
+    exceeds its cap (`epoch_caps`) is cut to the cap and the rest goes to the organic data.
     """
     new = {ORGANIC: float(w.organic)}
     for kind in kinds:
@@ -33,10 +51,16 @@ def round_weights(previous: Dict[str, float], round_k: int, kinds: Iterable[str]
         for k, v in earlier.items():
             new[k] = w.earlier_rounds * v / total_earlier
     total = sum(new.values())
-    return {k: v / total for k, v in new.items() if v > 0}
+    out = {k: v / total for k, v in new.items() if v > 0}
+    for name, cap in (caps or {}).items():
+        if name in out and out[name] > cap:
+            out[ORGANIC] = out.get(ORGANIC, 0.0) + out[name] - cap
+            out[name] = cap
+    return {k: v for k, v in out.items() if v > 0}
 
 
-def extend_schedule(base, start_sample: int, round_k: int, kinds: Iterable[str], w: BlendWeights):
+def extend_schedule(base, start_sample: int, round_k: int, kinds: Iterable[str], w: BlendWeights,
+                    caps: Optional[Dict[str, float]] = None):
     """`base` (a BlendSchedule, or None for organic only) plus a phase for round `round_k` from
     `start_sample` on. Phases before `start_sample` are untouched, so resuming stays exact."""
     base = base if base is not None else initial_schedule()
@@ -44,7 +68,7 @@ def extend_schedule(base, start_sample: int, round_k: int, kinds: Iterable[str],
     previous = dict(last.end_weights if last.end_weights is not None else last.weights)
     total = sum(previous.values())
     previous = {k: v / total for k, v in previous.items()}
-    return base.with_phase(start_sample, round_weights(previous, round_k, list(kinds), w))
+    return base.with_phase(start_sample, round_weights(previous, round_k, list(kinds), w, caps))
 
 
 def load_schedule(path: Optional[str]):

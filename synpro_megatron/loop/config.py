@@ -84,6 +84,10 @@ class BlendWeights:
     organic: float = 0.5
     new_round: Dict[str, float] = field(default_factory=lambda: {"rephrase": 0.25, "reformat": 0.25})
     earlier_rounds: float = 0.1
+    # a new round's source is read at most this many times over the rest of the budget (its weight
+    # is cut and the rest goes to organic data); ~4 epochs of repeated data cost little (Muennighoff
+    # et al. 2023), many more overfit. None: no limit.
+    max_epochs: Optional[float] = 4.0
 
 
 @dataclass

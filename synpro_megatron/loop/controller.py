@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from .blend import extend_schedule, load_schedule
+from .blend import epoch_caps, extend_schedule, load_schedule
 from .config import LoopConfig
 from .fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
 from .layout import RunLayout, source_name
@@ -292,7 +292,9 @@ class Controller:
             return
         # built from the previous round's file, which is never rewritten: redoing this stage after
         # a crash gives the same schedule
-        schedule = extend_schedule(load_schedule(self._abs(st.blend_schedule)), start, k, kinds, c.blend)
+        prefixes = {source_name(k, kind): self.layout.synthetic_prefix(k, kind) for kind in kinds}
+        caps = epoch_caps(prefixes, c.seq_length(), c.total_steps() * c.train.global_batch - start, c.blend.max_epochs)
+        schedule = extend_schedule(load_schedule(self._abs(st.blend_schedule)), start, k, kinds, c.blend, caps)
         path = self.layout.blend_schedule(k)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         schedule.save(path)
@@ -301,7 +303,8 @@ class Controller:
         st.blend_schedule = self._rel(path)
         weights = schedule.phases[-1].weights
         self._finish(st, "extend_blend", "pretrain", [path],
-                     {"start_sample": start, "empty": empty, "weights": dict(weights)})
+                     {"start_sample": start, "empty": empty, "weights": dict(weights),
+                      "epoch_caps": {name: round(cap, 6) for name, cap in caps.items()}})
 
 
 def _require_files(stage: str, paths: List[str]) -> None:

@@ -150,11 +150,19 @@ def fake_train_generator(kind: str, checkpoint: str, run_dir: str, partial: bool
 def fake_synthesize(kind: str, generator: str, round_k: int, run_dir: str, partial: bool = False) -> None:
     if not os.path.isdir(generator):
         raise FileNotFoundError(f"{generator}: no generator")
+    from synpro_megatron.data.indexed import write_indexed_dataset
+
     prefix = RunLayout(run_dir).synthetic_prefix(round_k, kind)
-    atomic_write_text(prefix + ".bin", f"fake {kind} round {round_k}\n")
+    # a real IndexedDataset (the blend step reads its size): 16 documents of 4096 tokens, enough
+    # that the default epoch cap leaves the configured weights alone in the tests' budgets
+    tmp = f"{prefix}.fake-tmp"
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    write_indexed_dataset(tmp, [[1 + (round_k * 31 + i * 7 + j) % 1000 for j in range(4096)] for i in range(16)],
+                          vocab_size=49152)
+    os.replace(tmp + ".bin", prefix + ".bin")
     if partial:
         raise FakeCrash(f"synthesize {kind} died after the .bin")
-    atomic_write_text(prefix + ".idx", "fake index\n")
+    os.replace(tmp + ".idx", prefix + ".idx")
 
 
 STAGES = {"prepare": fake_prepare, "probe": fake_probe, "train_generator": fake_train_generator,
