@@ -68,7 +68,8 @@ def plot_loss_curves(runs: Dict[str, Dict[str, List[Tuple[float, float]]]], even
         drawn = set()
         for ev in events:
             plateau = ev["kind"] == "plateau"
-            name = "plateau detected" if plateau else "synthetic round blended in"
+            name = ("plateau detected" if plateau else "synthetic round blended in" if ev.get("blended", True)
+                    else "round built, nothing passed the gate")
             # a refresh usually starts where its plateau was detected: the wide pale band keeps the
             # plateau visible under the refresh line
             ax.axvline(ev["tokens"], color="tab:orange" if plateau else "tab:green", linestyle="-" if plateau else "--",

@@ -384,10 +384,14 @@ class ReportBuilder:
 
     # -------------------------------------------------------------------------------- summary
     def rounds_done(self) -> Optional[int]:
+        """Rounds whose synthetic data entered the blend (a round whose every rewrite failed the
+        gate was built but changed nothing)."""
+        refreshes = [e for e in loss_events(self.run) if e["kind"] == "refresh"]
+        if refreshes:
+            return sum(e["blended"] for e in refreshes)
         if self.run.state and is_number(self.run.state.get("rounds_done")):
             return int(self.run.state["rounds_done"])
-        n = sum(1 for e in loss_events(self.run) if e["kind"] == "refresh")
-        return n if self.run.loop_log else None
+        return 0 if self.run.loop_log else None
 
     def summary(self) -> List[str]:
         runs = [r for r in (self.run, self.base) if r is not None]

@@ -132,9 +132,12 @@ def loss_events(run: RunLogs) -> List[dict]:
         if not is_number(start) or tps is None:
             continue
         step = start / samples_per_step if samples_per_step else None
+        if rec.get("weights"):
+            detail = "weights " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(rec["weights"].items()))
+        else:  # every rewrite of the round failed the gate: the blend was left as it was
+            detail = "no synthetic documents passed the gate; blend unchanged"
         events.append({"kind": "refresh", "round": rec.get("round"), "step": int(round(step)) if step is not None else None,
-                       "tokens": start * tps, "detail": "weights " + ", ".join(
-                           f"{k} {v:.3f}" for k, v in sorted((rec.get("weights") or {}).items()))})
+                       "tokens": start * tps, "detail": detail, "blended": bool(rec.get("weights"))})
     return sorted(events, key=lambda e: (e["tokens"], e["kind"]))
 
 
