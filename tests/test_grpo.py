@@ -1,4 +1,5 @@
 """GRPO on CPU with the offline SmolLM2 and all four rewards: a few real TRL steps, logged and saved."""
+import dataclasses
 import json
 import os
 
@@ -62,3 +63,23 @@ def test_grpo_two_steps_logs_every_reward_and_saves(tmp_path):
     text = backend.generate([render_messages("rephrase", "A short note about dogs and cats.")], n=1,
                             max_new_tokens=4, seed=0)
     assert len(text) == 1 and len(text[0]) == 1
+
+
+def test_prompt_sources_fit_the_completion_budget(tmp_path):
+    """Long documents contribute their first piece, so every source can be rewritten whole."""
+    from synpro_megatron.generators.backends import load_generator_tokenizer
+    from synpro_megatron.generators.prompts import source_of
+    from synpro_megatron.generators.smollm2 import smollm2_path
+    from synpro_megatron.rl.grpo import build_prompt_dataset
+
+    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+    cfg = GRPORunConfig(kind="reformat", run_dir=str(tmp_path), num_prompts=16, max_source_tokens=48,
+                        min_source_chars=120, few_shot=True)
+    ds = build_prompt_dataset(cfg, tok)
+    assert len(ds) == 16 and len(set(ds["doc_id"])) == 16
+    for row in ds:
+        assert 120 <= len(row["source"]) and len(tok.encode(row["source"], add_special_tokens=False)) <= 48
+        assert source_of(row["prompt"]).strip() == row["source"].strip()
+    assert build_prompt_dataset(cfg, tok)["doc_id"] == ds["doc_id"]  # seeded
+    with pytest.raises(ValueError, match="prompts were asked for"):
+        build_prompt_dataset(dataclasses.replace(cfg, min_source_chars=10_000), tok)

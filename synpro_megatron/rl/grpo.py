@@ -104,22 +104,34 @@ def generator_output_dir(cfg: GRPORunConfig) -> Path:
 # ------------------------------------------------------------------------------- data
 
 def build_prompt_dataset(cfg: GRPORunConfig, tokenizer):
-    """`num_prompts` organic documents (seeded choice among those of a usable length) as a TRL
-    conversational dataset with the `source` and `doc_id` columns the reward reads."""
+    """`num_prompts` sources (seeded choice) as a TRL conversational dataset with the `source` and
+    `doc_id` columns the reward reads. A source is a document of at most `max_source_tokens`
+    tokens, or the first piece of a longer one (cut where synthesis would cut it), so that a
+    completion of `max_completion_length` tokens can be a whole rewrite; pieces under
+    `min_source_chars` characters are too short to rewrite."""
     from datasets import Dataset
 
+    from synpro_megatron.generators.chunking import chunk_source
     from synpro_megatron.generators.synthesize import default_source, load_sources
 
     source, only_ids = (cfg.source_jsonl, None) if cfg.source_jsonl else default_source(cfg.run_dir)
-    docs = load_sources(source, only_ids)
-    usable = [d for d in docs if len(d.text) >= cfg.min_source_chars
-              and len(tokenizer.encode(d.text, add_special_tokens=False)) <= cfg.max_source_tokens]
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    usable = []
+    for d in load_sources(source, only_ids):
+        # only the first piece is used: packing is greedy from the start, so a prefix far longer
+        # than any piece (no token is 12 characters on average) gives the same first piece, cheaply
+        pieces = chunk_source(d.text[: cfg.max_source_tokens * 12], count, cfg.max_source_tokens)
+        if pieces and len(pieces[0]) >= cfg.min_source_chars:
+            usable.append((d.doc_id, pieces[0]))
     if len(usable) < cfg.num_prompts:
-        raise ValueError(f"{source}: only {len(usable)} documents have >= {cfg.min_source_chars} characters and "
-                         f"<= {cfg.max_source_tokens} tokens; {cfg.num_prompts} prompts were asked for")
+        raise ValueError(f"{source}: only {len(usable)} documents give a source of >= {cfg.min_source_chars} "
+                         f"characters within {cfg.max_source_tokens} tokens; {cfg.num_prompts} prompts were asked for")
     chosen = random.Random(cfg.seed).sample(usable, cfg.num_prompts)
-    return Dataset.from_list([{"prompt": render_messages(cfg.kind, d.text, few_shot=cfg.few_shot), "source": d.text, "doc_id": d.doc_id}
-                              for d in chosen])
+    return Dataset.from_list([{"prompt": render_messages(cfg.kind, text, few_shot=cfg.few_shot), "source": text,
+                               "doc_id": doc_id} for doc_id, text in chosen])
 
 
 # ------------------------------------------------------------------------------- influence
