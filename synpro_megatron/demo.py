@@ -48,6 +48,8 @@ def loop_config(pool: str, out: str, args) -> dict:
     return {
         "model": "tiny",
         "input": pool,
+        # a small pool needs a larger held-out share for 16 evaluation windows of held-out text
+        "held_out": 0.1,
         "token_budget": args.budget_tokens,
         "max_rounds": 1,
         "seed": args.seed,
@@ -58,14 +60,21 @@ def loop_config(pool: str, out: str, args) -> dict:
                     "rel_threshold": args.plateau_threshold, "patience": 1, "min_steps_after_refresh": 0},
         "generators": {
             "kinds": ["rephrase", "reformat"],
-            "probe_args": ["--max-ref-docs", "32", "--doc-losses"],
+            # the probe's reference factors (64 reference documents, the probe default) are the ones
+            # the GRPO influence reward loads: computed once per plateau checkpoint
+            "probe_args": ["--doc-losses"],
+            # short sources, so that a 64-token completion can be a whole rewrite the gate may pass
+            # (a cut-off one never does, and a group of zero rewards teaches nothing); on a CPU the
+            # prompt length is most of a GRPO step's cost
             "train_args": ["--steps", str(args.grpo_steps), "--num-prompts", "2", "--num-generations", "4",
-                           "--max-completion-length", "48", "--source-jsonl", pool],
-            # no --source-jsonl: synthesis reads the run's prepared pool, held-out documents excluded
+                           "--max-source-tokens", "64", "--max-completion-length", "64", "--source-jsonl", pool],
+            # no --source-jsonl: synthesis reads the run's prepared pool, held-out documents excluded.
+            # --few-shot: a 135M generator follows a worked example far better than written rules.
+            # Short pieces (reformat) and two samples per piece: the best faithful one of each is kept
             "synth_args": ["--select", f"top-loss:{args.synth_fraction}",
-                           "--doc-losses", doc_losses, "--max-new-tokens", "160", "--batch-size", "8",
-                           # a 135M generator stays closer to its source when sampled cold
-                           "--temperature", "0.3", "--candidates", "2", "--repetition-penalty", "1.0"],
+                           "--doc-losses", doc_losses, "--max-new-tokens", "160", "--max-source-tokens", "300",
+                           "--batch-size", "8", "--temperature", "0.5", "--candidates", "2",
+                           "--repetition-penalty", "1.0", "--few-shot"],
         },
         "blend": {"organic": 0.6, "new_round": {"rephrase": 0.2, "reformat": 0.2}, "earlier_rounds": 0.0},
     }
@@ -152,13 +161,14 @@ def register_cli(sub) -> None:
     p = sub.add_parser("demo", help="the whole SynPro loop at toy scale, with a repetition baseline and a report")
     p.add_argument("--input", default=None, help="JSONL(.gz) corpus (default: the packaged web sample)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--docs", type=int, default=200, help="organic pool size (documents): small = data-bound")
+    p.add_argument("--docs", type=int, default=70,
+                   help="organic pool size (documents): small = data-bound (~3.5 epochs in the default budget)")
     p.add_argument("--budget-tokens", type=int, default=128 * 8 * 120, help="pretraining tokens per run")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--eval-interval", type=int, default=10)
     p.add_argument("--plateau-threshold", type=float, default=0.03)
     p.add_argument("--grpo-steps", type=int, default=2)
-    p.add_argument("--synth-fraction", type=float, default=0.05, help="rewrite this fraction of the pool (hardest first)")
+    p.add_argument("--synth-fraction", type=float, default=0.15, help="rewrite this fraction of the pool (hardest first)")
     p.add_argument("--mc-limit", type=int, default=20, help="multiple-choice examples per task in the final eval")
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=run)

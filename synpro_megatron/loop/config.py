@@ -96,6 +96,7 @@ class LoopConfig:
     model: str = "tiny"
     data: Optional[str] = None  # organic dataset prefix written by `synpro prepare`
     input: Optional[str] = None  # raw JSONL(.gz), prepared into RUN_DIR/data/organic when `data` is unset
+    held_out: float = 0.02  # fraction of `input` documents kept out of training for the held-out loss
     max_rounds: int = 3  # synthetic rounds at most; later plateaus just keep pretraining
     seed: int = 1234
     # seconds a stage gets to checkpoint after SIGTERM (torchrun's shutdown timeout); keep it

@@ -31,7 +31,7 @@ from .runner import CliRunner, Interrupted, StageFailed, StageRunner
 from .state import DONE, LoopState, round_stages
 
 # changing these mid-run would make the recorded state and checkpoints meaningless
-IMMUTABLE = ("model", "data", "input", "train.global_batch", "train.seq_length", "generators.kinds")
+IMMUTABLE = ("model", "data", "input", "held_out", "train.global_batch", "train.seq_length", "generators.kinds")
 
 
 def _get(d: dict, dotted: str):
@@ -171,7 +171,7 @@ class Controller:
     def _prepare(self) -> None:
         out = self.layout.organic_prefix
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        self.runner.prepare(self.cfg.input, out, self.cfg.train.tokenizer)
+        self.runner.prepare(self.cfg.input, out, self.cfg.train.tokenizer, self.cfg.held_out)
         outputs = [out + ".bin", out + ".idx"]
         _require_files("prepare", outputs)
         st = self._copy()

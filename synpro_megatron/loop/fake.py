@@ -193,7 +193,7 @@ class FakeRunner(StageRunner):
         if crash and self.crash_mode in ("mid", "after"):
             raise FakeCrash(f"crash after {stage} wrote its outputs (call {len(self.calls)})")
 
-    def prepare(self, input, output, tokenizer=None):
+    def prepare(self, input, output, tokenizer=None, held_out=0.02):
         self._call("prepare", fake_prepare, dict(input=input, output=output))
 
     def pretrain(self, cfg, parallel, grace_s=240):

@@ -45,8 +45,9 @@ class StageRunner(abc.ABC):
     controller checks the outputs on disk (write-then-mark)."""
 
     @abc.abstractmethod
-    def prepare(self, input: str, output: str, tokenizer: Optional[str] = None) -> None:
-        """Write the organic dataset `output`.{bin,idx} from the JSONL `input`."""
+    def prepare(self, input: str, output: str, tokenizer: Optional[str] = None, held_out: float = 0.02) -> None:
+        """Write the organic dataset `output`.{bin,idx} (and the `held_out` fraction as
+        `output`_heldout) from the JSONL `input`."""
 
     @abc.abstractmethod
     def pretrain(self, cfg, parallel: ParallelConfig, grace_s: int = 240) -> None:
@@ -185,8 +186,8 @@ class CliRunner(SubprocessRunner):
     def _cli(self, *args: str) -> List[str]:
         return [self.python, "-m", "synpro_megatron.cli", *args]
 
-    def prepare(self, input, output, tokenizer=None):
-        cmd = self._cli("prepare", "--input", input, "--output", output)
+    def prepare(self, input, output, tokenizer=None, held_out=0.02):
+        cmd = self._cli("prepare", "--input", input, "--output", output, "--held-out", str(held_out))
         if tokenizer:
             cmd += ["--tokenizer", tokenizer]
         self.run_command("prepare", cmd)
