@@ -2,10 +2,11 @@
 import pytest
 
 from synpro_megatron.generators.chunking import chunk_source, join_outputs, piece_token_budget
-from synpro_megatron.generators.prompts import (ENTRY_KINDS, REFORMAT_HEADING, REPHRASE_LEAD, ReformatEntry,
-                                                count_marker, output_units, parse_output, parse_reformat,
-                                                parse_reformat_detailed, parse_rephrase, reformat_to_text,
-                                                render_messages)
+from synpro_megatron.generators.prompts import (ENTRY_KINDS, EXAMPLE_ANSWERS, EXAMPLE_SOURCE, PREFILLS,
+                                                REFORMAT_HEADING, REFORMAT_INSTRUCTIONS, REPHRASE_LEAD,
+                                                ReformatEntry, count_marker, output_units, parse_output,
+                                                parse_reformat, parse_reformat_detailed, parse_rephrase,
+                                                reformat_to_text, render_messages, source_of)
 from synpro_megatron.rewards.format import format_reward
 
 SOURCE = "The Denver Board of Education opened the 2017-18 school year.\nVoters approved $572 million."
@@ -79,6 +80,21 @@ def test_parse_reformat_entries_with_kinds():
     assert output_units("reformat", REFORMAT_OUTPUT)[0] == (
         "School year start. The Denver Board of Education opened the 2017-18 school year.")
     assert output_units("rephrase", "anything") is None
+    # a small model sometimes tags the Content line instead of the Topic line
+    moved = parse_reformat("Topic: Cascara\nContent (analytical): Cascara is a shrub used as a laxative.")
+    assert moved == [ReformatEntry("Cascara", "Cascara is a shrub used as a laxative.")]
+
+
+def test_few_shot_prompt_shows_the_example_once_and_asks_for_the_document():
+    msgs = render_messages("reformat", SOURCE, few_shot=True)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert EXAMPLE_SOURCE in msgs[1]["content"] and msgs[2]["content"] == EXAMPLE_ANSWERS["reformat"]
+    assert REFORMAT_INSTRUCTIONS not in msgs[3]["content"]  # the instructions are not repeated
+    assert source_of(msgs).strip() == SOURCE.strip()
+    assert parse_reformat(EXAMPLE_ANSWERS["reformat"])  # the example itself parses as entries
+    prefilled = render_messages("rephrase", SOURCE, prefill=True)
+    assert prefilled[-1] == {"role": "assistant", "content": PREFILLS["rephrase"]}
+    assert source_of(prefilled).strip() == SOURCE.strip()
 
 
 def test_reformat_format_reward_is_graded():

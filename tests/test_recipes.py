@@ -188,6 +188,19 @@ def test_stage_functions_chain_on_one_run_dir(tmp_path, monkeypatch):
                                                              "round1_reformat": 0.25}}
     out = tasks.pretrain_task(blend_schedule=b["blend_schedule"], synthetic=b["synthetic"], **common)
     assert out["step"] == 40
+
+    # with the run's budget known (pretrain_config.json), a small round is capped at max_epochs
+    from synpro_megatron.data.indexed import read_documents
+    from synpro_megatron.pretrain.config import PretrainConfig
+
+    with open(os.path.join(rd, "pretrain_config.json"), "w") as f:
+        f.write(PretrainConfig(run_dir=rd, data=rd + "/data/organic", max_steps=40, global_batch=8).to_json())
+    capped = tasks.blend_task(rd, round=1, start_sample=160, max_epochs=0.01)
+    tokens = sum(len(d) for d in read_documents(rd + "/synthetic/round_1/rephrase"))
+    cap = 0.01 * tokens / 256 / (40 * 8 - 160)
+    assert capped["epoch_caps"]["round1_rephrase"] == pytest.approx(cap) and cap < 0.25
+    weights = json.loads(_read(capped["blend_schedule"]))["phases"][1]["weights"]
+    assert weights["round1_rephrase"] == pytest.approx(cap) and sum(weights.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="WORLD_SIZE=2"):
         monkeypatch.setenv("WORLD_SIZE", "2")
         tasks.pretrain_task(**common)

@@ -192,7 +192,8 @@ _TOPIC_RE = re.compile(
     r"^\s*(?:[-*•]|\d{1,2}[.)])?\s*\**topic\**\s*(?:[(\[]\s*(?P<kind>[a-z][a-z -]*?)\s*[)\]])?\s*\**:\**\s*(?P<topic>.*)$",
     re.IGNORECASE,
 )
-_CONTENT_RE = re.compile(r"^\s*\**content\**\s*:\**\s*(?P<content>.*)$", re.IGNORECASE)
+# "Content: ..." and the kind tag a small model sometimes moves there: "Content (analytical): ..."
+_CONTENT_RE = re.compile(r"^\s*\**content\**\s*(?:[(\[][a-z -]*[)\]])?\s*:\**\s*(?P<content>.*)$", re.IGNORECASE)
 
 
 def normalise_entry_kind(kind: Optional[str]) -> Optional[str]:

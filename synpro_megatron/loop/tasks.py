@@ -145,13 +145,14 @@ def synthesis_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_nod
 
 def blend_task(run_dir: str, round: int = 1, kinds: Optional[List[str]] = None, start_sample: Optional[int] = None,
                organic: float = 0.5, new_round: Optional[Dict[str, float]] = None,
-               earlier_rounds: float = 0.1) -> dict:
+               earlier_rounds: float = 0.1, max_epochs: Optional[float] = 4.0) -> dict:
     """Extend the blend schedule with round `round` from `start_sample` (default: the samples
     consumed at the newest checkpoint). Reads blend/schedule_round_{round-1}.json, writes
-    blend/schedule_round_{round}.json."""
+    blend/schedule_round_{round}.json. Each new source is read at most `max_epochs` times over
+    the rest of the run (its pretrain_config.json gives the budget); None: no cap."""
     if _not_rank0():
         return {"blend_schedule": None, "rank": int(os.environ["RANK"])}
-    from .blend import extend_schedule, load_schedule
+    from .blend import epoch_caps, extend_schedule, load_schedule
     from .config import BlendWeights
 
     layout = RunLayout(run_dir)
@@ -171,11 +172,20 @@ def blend_task(run_dir: str, round: int = 1, kinds: Optional[List[str]] = None, 
             raise ValueError(f"{prefix}.bin is empty: no {kind} document passed the faithfulness gate in round "
                              f"{round} (see {prefix}.dropped.jsonl); synthesize more documents and rerun")
     base = load_schedule(layout.blend_schedule(round - 1)) if round > 1 else None
-    schedule = extend_schedule(base, start_sample, round, kinds, weights)
+    caps = {}
+    cfg_path = os.path.join(run_dir, "pretrain_config.json")
+    if max_epochs and os.path.exists(cfg_path):
+        from synpro_megatron.pretrain.config import PretrainConfig
+
+        pcfg = PretrainConfig.from_dict(read_json(cfg_path))
+        prefixes = {source_name(round, kind): layout.synthetic_prefix(round, kind) for kind in kinds}
+        caps = epoch_caps(prefixes, pcfg.model_config().seq_length, pcfg.max_steps * pcfg.global_batch - start_sample,
+                          max_epochs)
+    schedule = extend_schedule(base, start_sample, round, kinds, weights, caps)
     path = layout.blend_schedule(round)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     schedule.save(path)
-    return {"blend_schedule": path, "start_sample": start_sample,
+    return {"blend_schedule": path, "start_sample": start_sample, "epoch_caps": caps,
             "synthetic": synthetic_sources(run_dir, round, kinds)}
 
 
