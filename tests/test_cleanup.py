@@ -70,6 +70,36 @@ def test_reformat_entries_repeated_or_cut_off_are_dropped():
                ReformatEntry("View again", "The view is superb.", "factual"),
                ReformatEntry("Host", "Maria is very helpful and nice.", "factual"),
                ReformatEntry("Breakfast", "The breakfast is perfectly", "factual")]
-    kept, notes = clean_reformat_entries(entries)
+    kept, notes = clean_reformat_entries(entries, SOURCE)
     assert [e.topic for e in kept] == ["View", "Host"]
     assert len(notes) == 2
+    # a source that itself ends without punctuation (a price list) does not make the last entry a cut-off
+    prices = [ReformatEntry("Prices", "Tea $2, coffee $3", "factual")]
+    assert clean_reformat_entries(prices, "Menu\nTea $2\nCoffee $3")[0] == prices
+
+
+def test_closing_quotes_and_brackets_stay_with_their_sentence():
+    out = 'He told us "Stop." Then he went away (see below.) After that he came back.'
+    source = 'He said "Stop." Then he left (see below.) After that he came back.'
+    assert clean_rephrase(out, source).text == out
+    meta = out + " I made a few changes to the text."
+    assert clean_rephrase(meta, source).text == out
+
+
+def test_first_person_content_of_the_source_is_not_taken_for_chatter():
+    source = "We went to Rome last May.\nI removed the old tiles myself. It took two days."
+    out = "Last May we went to Rome. I removed the old tiles myself, which took two days."
+    assert drop_meta_sentences(out, source) == (out, 0)
+
+
+def test_a_short_sentence_repeating_a_name_is_not_a_loop():
+    source = ("Email the Millbrook Garden Committee before April 20. Questions go to the same address. "
+              "Beds are assigned in order.")
+    out = ("Email the Millbrook Garden Committee before April 20. Questions? Ask the Millbrook Garden "
+           "Committee. Beds are assigned in the order requests arrive.")
+    assert trim_repetition_loop(out, source) == (out, 0)
+
+
+def test_a_list_item_at_the_end_is_not_a_cut_off_sentence():
+    out = "Mix the flour and the eggs.\n- Bake it"
+    assert drop_cut_off_tail(out, "Mix flour and eggs. Bake it for an hour.") == (out, False)

@@ -463,8 +463,28 @@ def test_a_small_round_is_read_at_most_max_epochs_times(tmp_path):
     sched = json.loads(_read(tmp_path / "run" / "blend" / "schedule_round_1.json"))
     assert sched["phases"][1]["weights"] == pytest.approx(ext["weights"])
 
+    # in the next round, the earlier round's share is capped too (its budget left is smaller now)
+    st = run_loop(make_cfg(tmp_path, max_rounds=2, blend=blend), tmp_path / "run3")
+    second = [h for h in st.history if h["stage"] == "extend_blend"][1]
+    assert {"round1_rephrase", "round2_rephrase"} <= set(second["epoch_caps"])
+    for name, cap in second["epoch_caps"].items():
+        assert second["weights"][name] <= cap + 1e-9
+    assert sum(second["weights"].values()) == pytest.approx(1.0)
+
     # no limit: the configured weights
     blend["max_epochs"] = None
     st = run_loop(make_cfg(tmp_path, max_rounds=1, blend=blend), tmp_path / "run2")
     ext = [h for h in st.history if h["stage"] == "extend_blend"][0]
     assert ext["weights"] == {"organic": 0.5, "round1_rephrase": 0.25, "round1_reformat": 0.25}
+
+
+def test_a_run_started_before_a_new_config_field_resumes(tmp_path):
+    cfg = make_cfg(tmp_path, max_rounds=0)
+    run_loop(cfg, tmp_path / "run")
+    snap = tmp_path / "run" / "loop_config.json"
+    old = json.loads(_read(snap))
+    del old["held_out"]  # an older version did not have the field
+    snap.write_text(json.dumps(old))
+    assert run_loop(make_cfg(tmp_path, max_rounds=0), tmp_path / "run").done
+    with pytest.raises(ValueError, match="held_out"):
+        run_loop(make_cfg(tmp_path, max_rounds=0, held_out=0.2), tmp_path / "run")

@@ -272,6 +272,8 @@ class VLLMBackend:
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                  repetition_penalty=repetition_penalty, seed=seed * 1_000_003 + i)
                   for i in range(len(prompts))]
+        if not prompts:
+            return []
         prefills = [prefill_of(p) for p in prompts]
         if any(prefills) and not all(prefills):
             raise ValueError("a vLLM batch must be all prefills or none (chat template flags are per call)")

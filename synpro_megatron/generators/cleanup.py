@@ -28,19 +28,24 @@ from synpro_megatron.generators.prompts import ReformatEntry
 META_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"\b(?:re-?written|paraphrased|revised|reworded|rephrased|cleaned[- ]up|edited|improved|simplified)\s+"
     r"(?:version|document|text|copy)\b",
-    r"^\W*(?:I|I've|I have|I've also|we|we've)\s+(?:also\s+)?(?:made|removed|changed|kept|rewrote|rephrased|"
-    r"edited|added|corrected|improved|tried|reworded|omitted|left out)\b",
+    r"^\W*(?:I|I've|I have|we|we've|we have)\s+(?:also\s+)?(?:made|have made)\s+(?:the following|a few|some|"
+    r"several|these|minor|small|a number of)?\s*(?:changes|edits|corrections|revisions|improvements)\b",
+    r"^\W*(?:I|I've|I have)\s+(?:also\s+)?(?:removed|rewrote|rephrased|reworded|edited|corrected|omitted|"
+    r"left out|cleaned up|restructured)\b",
     r"\b(?:the|this) original (?:document|text|article|passage)\b",
     r"\blet me know\b",
     r"\bhope (?:this|that|it) helps\b",
     r"^\W*(?:note|changes(?: made)?|explanation)\s*:",
 ))
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]”’]*\s+(?=[\"'(\[“‘]?[A-Z0-9])")
+# a sentence ends after . ! ? and any closing quotes/brackets, before a space and a capital
+_SENTENCE_END = re.compile(r"[.!?][\"')\]”’]*(?=\s+[\"'(\[“‘]?[A-Z0-9])")
 _TERMINAL = re.compile(r"[.!?…:;][\"')\]”’*]*\s*$")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'’]*")
 LOOP_NGRAM = 4
 LOOP_OVERLAP = 0.5  # a sentence whose 4-grams mostly occurred earlier in the output starts a loop
+LOOP_MIN_GRAMS = 4  # ... if it has this many (a short sentence naming "the Millbrook Garden Committee"
+#                     again is not a loop; a short one must repeat word for word)
 
 
 @dataclass
@@ -57,28 +62,46 @@ def _grams(tokens: list[str], n: int = LOOP_NGRAM) -> list[tuple]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def _spans(line: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of a line, closing quotes and brackets included."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(line):
+        spans.append((start, m.end()))
+        start = m.end()
+    spans.append((start, len(line)))
+    return [(a, b) for a, b in spans if line[a:b].strip()]
+
+
 def _sentences(line: str) -> list[str]:
-    return [s for s in _SENTENCE_SPLIT.split(line) if s.strip()]
+    return [line[a:b].strip() for a, b in _spans(line)]
+
+
+def _active_meta_patterns(source: str) -> list:
+    sentences = [s for line in source.splitlines() for s in _sentences(line)]
+    return [p for p in META_PATTERNS if not any(p.search(s) for s in sentences)]
 
 
 def drop_meta_sentences(text: str, source: str) -> tuple[str, int]:
     """Remove sentences about the rewrite; a meta sentence ending in ':' takes the list under it."""
-    active = [p for p in META_PATTERNS if not p.search(source)]
+    active = _active_meta_patterns(source)
     out_lines, dropped, skip_list = [], 0, False
     for line in text.splitlines():
         if skip_list and _LIST_LINE.match(line):
             dropped += 1
             continue
         skip_list = False
+        sentences = _sentences(line)
         kept = []
-        for sentence in _sentences(line):
-            if any(p.search(sentence.strip()) for p in active):
+        for sentence in sentences:
+            if any(p.search(sentence) for p in active):
                 dropped += 1
                 skip_list = sentence.rstrip().endswith(":")
             else:
                 kept.append(sentence)
-        if kept or not line.strip():
-            out_lines.append(" ".join(kept) if kept else line)
+        if len(kept) == len(sentences):
+            out_lines.append(line)  # untouched, spacing and all
+        elif kept:
+            out_lines.append(" ".join(kept))
     return "\n".join(out_lines).strip(), dropped
 
 
@@ -92,25 +115,22 @@ def trim_repetition_loop(text: str, source: str) -> tuple[str, int]:
     seen_sentences: set = set()
     out_lines: list[str] = []
     for line in text.splitlines():
-        kept = []
-        for sentence in _sentences(line):
-            toks = _words(sentence)
+        for start, end in _spans(line):
+            toks = _words(line[start:end])
             key = " ".join(toks)
             grams = _grams(toks)
             if len(toks) >= 3:
-                if grams:
+                if len(grams) >= LOOP_MIN_GRAMS:
                     repeated = sum(g in seen and src_counts[g] < 2 for g in grams) / len(grams)
                 else:
                     repeated = float(key in seen_sentences and src_sentences[key] < 2)
                 if repeated >= LOOP_OVERLAP:
-                    if kept:
-                        out_lines.append(" ".join(kept))
+                    out_lines.append(line[:start])  # the line up to the loop, as written
                     result = "\n".join(out_lines).strip()
                     return result, len(text.strip()) - len(result)
             seen.update(grams)
             seen_sentences.add(key)
-            kept.append(sentence)
-        out_lines.append(" ".join(kept) if kept else line)
+        out_lines.append(line)
     return text.strip(), 0
 
 
@@ -121,6 +141,8 @@ def drop_cut_off_tail(text: str, source: str) -> tuple[str, bool]:
     if not text or _TERMINAL.search(text) or not _TERMINAL.search(source.rstrip()):
         return text, False
     lines = text.splitlines()
+    if _LIST_LINE.match(lines[-1]):
+        return text, False  # list items often end without punctuation
     pieces = _sentences(lines[-1])
     if len(pieces) > 1:
         lines[-1] = " ".join(pieces[:-1])
@@ -147,7 +169,7 @@ def clean_rephrase(text: str, source: str) -> Cleaned:
 
 def clean_reformat_entries(entries: list[ReformatEntry], source: str = "") -> tuple[list[ReformatEntry], list[str]]:
     """Cut a repetition loop inside an entry's content, then drop repeated entries (same content)
-    and a last entry whose content stops mid-sentence."""
+    and a last entry whose content stops mid-sentence (when the source itself ends cleanly)."""
     removed, seen, kept = [], set(), []
     for entry in entries:
         content, cut = trim_repetition_loop(entry.content, source)
@@ -162,7 +184,8 @@ def clean_reformat_entries(entries: list[ReformatEntry], source: str = "") -> tu
             continue
         seen.add(key)
         kept.append(entry)
-    if kept and not _TERMINAL.search(kept[-1].content):
+    # (as for a rephrase, only when the source's own text ends with punctuation)
+    if kept and not _TERMINAL.search(kept[-1].content) and _TERMINAL.search(source.rstrip()):
         removed.append(f"cut-off entry {kept[-1].topic[:40]!r}")
         kept = kept[:-1]
     return kept, removed

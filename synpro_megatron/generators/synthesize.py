@@ -66,7 +66,7 @@ class SynthesisConfig:
     candidates: int = 1  # samples per piece; the best passing one is kept
     few_shot: Optional[bool] = None  # show a worked example first; None: as the generator was trained
     prefill: bool = False  # start the answer with the lead line / heading (the model continues it)
-    clean: bool = True  # rephrase: cut meta sentences, repetition loops and a cut-off tail (cleanup.py)
+    clean: bool = True  # cut meta sentences, loops and cut-off tails / repeated and cut-off entries (cleanup.py)
     filter_entries: bool = True  # reformat: keep the entries that pass the gate on their own
     seed: int = 1234
     tokenizer: Optional[str] = None  # pretraining tokenizer for the .bin (default SmolLM2)
@@ -264,7 +264,9 @@ def _reformat_candidates(raws: list[str], sources: list[str], cfg: SynthesisConf
     dropped, then each entry gated on its own against the piece; the faithful ones are kept."""
     parsed = []
     for raw, src in zip(raws, sources):
-        entries, notes = clean_reformat_entries(parse_reformat(raw), src)
+        entries, notes = parse_reformat(raw), []
+        if cfg.clean:
+            entries, notes = clean_reformat_entries(entries, src)
         parsed.append((entries, notes))
     verdicts: list = []
     if cfg.filter_entries:
@@ -372,13 +374,16 @@ def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_in
 
 def _fingerprint(cfg: SynthesisConfig, generator: str, source: str, selected: list[SourceDoc]) -> dict:
     ids_digest = hashlib.sha256("\n".join(d.doc_id for d in selected).encode()).hexdigest()
-    return {"kind": cfg.kind, "round": cfg.round, "generator": generator, "source": os.path.abspath(source),
-            "select": cfg.select, "limit": cfg.limit, "documents": len(selected), "ids_sha256": ids_digest,
-            "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
-            "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot, "prefill": cfg.prefill,
-            "clean": cfg.clean, "filter_entries": cfg.filter_entries,
-            "align_threshold": cfg.faithfulness.align_threshold}
+    fingerprint = {"kind": cfg.kind, "round": cfg.round, "generator": generator, "source": os.path.abspath(source),
+                   "select": cfg.select, "limit": cfg.limit, "documents": len(selected), "ids_sha256": ids_digest,
+                   "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+                   "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
+                   "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot, "prefill": cfg.prefill,
+                   "clean": cfg.clean, "filter_entries": cfg.filter_entries, "max_source_tokens": cfg.max_source_tokens,
+                   "align_threshold": cfg.faithfulness.align_threshold,
+                   # every gate setting except the judge (a callable): a change means different outputs
+                   "faithfulness": {k: v for k, v in dataclasses.asdict(cfg.faithfulness).items() if k != "judge"}}
+    return json.loads(json.dumps(fingerprint))  # as job.json stores it (tuples become lists)
 
 
 def _generator_name(cfg: SynthesisConfig, backend) -> str:

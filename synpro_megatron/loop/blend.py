@@ -18,16 +18,19 @@ def initial_schedule():
 
 def epoch_caps(prefixes: Dict[str, str], seq_length: int, remaining_samples: int,
                max_epochs: Optional[float]) -> Dict[str, float]:
-    """Largest weight each new source may get without being read more than `max_epochs` times
-    in the `remaining_samples` left to train (a round much smaller than the rest of the budget
-    would otherwise be repeated dozens of times). Empty when there is no limit."""
+    """Largest weight each synthetic source (this round's and the earlier ones still in the mix)
+    may get without being read more than `max_epochs` times in the `remaining_samples` left to
+    train (a round much smaller than the rest of the budget would otherwise be repeated dozens of
+    times). Empty when there is no limit."""
     if not max_epochs or remaining_samples <= 0:
         return {}
-    from synpro_megatron.data.indexed import read_documents
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     caps = {}
     for name, prefix in prefixes.items():
-        tokens = sum(len(doc) for doc in read_documents(prefix))
+        dataset = IndexedDataset(prefix)  # keep it alive: its lengths are a view of its mmap
+        tokens = int(dataset.sequence_lengths.sum())
+        del dataset
         caps[name] = max_epochs * (tokens / seq_length) / remaining_samples
     return caps
 

@@ -23,7 +23,7 @@ import time
 from typing import Callable, List, Optional
 
 from .blend import epoch_caps, extend_schedule, load_schedule
-from .config import LoopConfig
+from .config import ConfigError, LoopConfig
 from .fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
 from .layout import RunLayout, source_name
 from .plateau import detect_plateau, read_metrics
@@ -36,7 +36,7 @@ IMMUTABLE = ("model", "data", "input", "held_out", "train.global_batch", "train.
 
 def _get(d: dict, dotted: str):
     for part in dotted.split("."):
-        d = d[part]
+        d = d.get(part) if isinstance(d, dict) else None
     return d
 
 
@@ -57,6 +57,10 @@ class Controller:
         new = self.cfg.to_dict()
         if os.path.exists(snap):
             old = read_json(snap)
+            try:  # a snapshot from an older version lacks newer fields: read it with their defaults
+                old = LoopConfig.from_dict(old).to_dict()
+            except ConfigError:
+                pass
             changed = [k for k in IMMUTABLE if _get(old, k) != _get(new, k)]
             if changed:
                 raise ValueError(f"{snap}: the run was started with a different {', '.join(changed)}; "
@@ -292,7 +296,8 @@ class Controller:
             return
         # built from the previous round's file, which is never rewritten: redoing this stage after
         # a crash gives the same schedule
-        prefixes = {source_name(k, kind): self.layout.synthetic_prefix(k, kind) for kind in kinds}
+        prefixes = {name: self._abs(p) for name, p in st.synthetic.items()}  # earlier rounds, capped too
+        prefixes.update({source_name(k, kind): self.layout.synthetic_prefix(k, kind) for kind in kinds})
         caps = epoch_caps(prefixes, c.seq_length(), c.total_steps() * c.train.global_batch - start, c.blend.max_epochs)
         schedule = extend_schedule(load_schedule(self._abs(st.blend_schedule)), start, k, kinds, c.blend, caps)
         path = self.layout.blend_schedule(k)

@@ -178,7 +178,8 @@ def blend_task(run_dir: str, round: int = 1, kinds: Optional[List[str]] = None, 
         from synpro_megatron.pretrain.config import PretrainConfig
 
         pcfg = PretrainConfig.from_dict(read_json(cfg_path))
-        prefixes = {source_name(round, kind): layout.synthetic_prefix(round, kind) for kind in kinds}
+        prefixes = {name: prefix for name, prefix in synthetic_sources(run_dir, round, kinds).items()
+                    if os.path.exists(prefix + ".idx") and os.path.getsize(prefix + ".bin")}
         caps = epoch_caps(prefixes, pcfg.model_config().seq_length, pcfg.max_steps * pcfg.global_batch - start_sample,
                           max_epochs)
     schedule = extend_schedule(base, start_sample, round, kinds, weights, caps)

@@ -60,7 +60,7 @@ def register_cli(sub) -> None:
     s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
     s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
     s.add_argument("--no-clean", action="store_true",
-                   help="rephrase: keep meta sentences, repetition loops and cut-off tails (they then fail the gate)")
+                   help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
     s.add_argument("--no-entry-filter", action="store_true",
                    help="reformat: gate the entries as one block instead of keeping the faithful ones")
     s.add_argument("--seed", type=int, default=1234)
