@@ -103,3 +103,10 @@ def test_a_short_sentence_repeating_a_name_is_not_a_loop():
 def test_a_list_item_at_the_end_is_not_a_cut_off_sentence():
     out = "Mix the flour and the eggs.\n- Bake it"
     assert drop_cut_off_tail(out, "Mix flour and eggs. Bake it for an hour.") == (out, False)
+
+
+def test_a_note_on_an_edit_is_dropped():
+    source = "Melt margarine in a skillet. Add flour and blend in."
+    out = ('Melt the margarine in a skillet, then add the flour and blend it in. I also added a comma after '
+           '"Melt" to improve the sentence\'s clarity.')
+    assert drop_meta_sentences(out, source) == ("Melt the margarine in a skillet, then add the flour and blend it in.", 1)

@@ -31,7 +31,7 @@ META_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"^\W*(?:I|I've|I have|we|we've|we have)\s+(?:also\s+)?(?:made|have made)\s+(?:the following|a few|some|"
     r"several|these|minor|small|a number of)?\s*(?:changes|edits|corrections|revisions|improvements)\b",
     r"^\W*(?:I|I've|I have)\s+(?:also\s+)?(?:removed|rewrote|rephrased|reworded|edited|corrected|omitted|"
-    r"left out|cleaned up|restructured)\b",
+    r"left out|cleaned up|restructured|added|changed|kept|fixed|replaced|simplified)\b",
     r"\b(?:the|this) original (?:document|text|article|passage)\b",
     r"\blet me know\b",
     r"\bhope (?:this|that|it) helps\b",
