@@ -47,7 +47,7 @@ def yields(kind: str, docs: list[str], pieces: list[list[str]], raws: list[list[
     """Documents kept under each rule. raws[d][p] = the samples of piece p of document d."""
     from synpro_megatron.generators.chunking import join_outputs
     from synpro_megatron.generators.prompts import output_units, parse_output
-    from synpro_megatron.generators.synthesize import _candidates
+    from synpro_megatron.generators.synthesize import _candidates, keeps_document
     from synpro_megatron.rewards.faithfulness import faithfulness_batch
 
     n = cfg.candidates
@@ -76,7 +76,7 @@ def yields(kind: str, docs: list[str], pieces: list[list[str]], raws: list[list[
             for _ in pieces[d]:
                 passed.append(any(g[i].passed for i in range(pos, pos + n)))
                 pos += n
-            kept += all(passed) if kind == "rephrase" else any(passed)
+            kept += keeps_document(kind, sum(passed), len(passed))
         result[label] = kept
     return result
 

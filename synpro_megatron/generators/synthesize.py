@@ -305,6 +305,12 @@ def _candidates(kind: str, raws: list[str], sources: list[str], cfg: SynthesisCo
     return out
 
 
+def keeps_document(kind: str, pieces_passed: int, pieces: int) -> bool:
+    """A rephrase keeps its document only when every piece passed (a rewrite with a hole is not the
+    same document); a reformat keeps the pieces that passed (its entries stand on their own)."""
+    return pieces > 0 and (pieces_passed == pieces if kind == "rephrase" else pieces_passed > 0)
+
+
 def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_index: int) -> list[dict]:
     """Journal records for one batch.
 
@@ -349,7 +355,7 @@ def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_in
             best = max(passing or idx, key=lambda i: (gates[i].score, -i))
             chosen.append(best)
         n = len(pieces[j])
-        kept = n > 0 and (passed_pieces == n if cfg.kind == "rephrase" else passed_pieces > 0)
+        kept = keeps_document(cfg.kind, passed_pieces, n)
         use = [i for i in chosen if gates[i].passed] if kept else chosen
         text = join_outputs(cfg.kind, [cands[i][0] for i in use])
         weights = [max(1, len(sources[i])) for i in use]
