@@ -67,6 +67,10 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
             (sample index modulo the child's length). Other sources must be big enough.
         synchronize_ranks: with torch.distributed, rank 0 builds and saves first, then a barrier,
             then the others load. Every rank must then construct the dataset.
+        start: global sample index of this dataset's sample 0. Megatron-LM's
+            --phase-transition-iterations rebuilds the train dataset per phase and restarts its
+            sampler at 0, so the phase's dataset must begin at the phase's first global sample
+            for the stream to equal an uninterrupted run.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
         path_to_cache: Optional[str] = None,
         wrap: Union[bool, Iterable[str]] = False,
         synchronize_ranks: bool = True,
+        start: int = 0,
     ) -> None:
         self.schedule = schedule
         self.sources = schedule.sources
@@ -86,6 +91,9 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
         if isinstance(size, bool) or not isinstance(size, (int, numpy.integer)) or size < 0:
             raise ValueError(f"size must be a non-negative integer, got {size!r}")
         self.size = int(size)
+        if isinstance(start, bool) or not isinstance(start, (int, numpy.integer)) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        self.start = int(start)
         self.config = config
         self.split = getattr(self.datasets[0], "index_split", None)
         self.wrap = self._wrap_names(wrap)
@@ -98,6 +106,8 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
         self.unique_identifiers["split"] = getattr(self.split, "name", None)
         self.unique_identifiers["schedule"] = schedule.to_dict()
         self.unique_identifiers["size"] = self.size
+        if self.start:  # absent at 0 so caches written before `start` existed still hit
+            self.unique_identifiers["start"] = self.start
         self.unique_identifiers["wrap"] = sorted(self.wrap)
         self.unique_description = json.dumps(self.unique_identifiers, indent=4, default=_identity)
         self.unique_description_hash = hashlib.md5(
@@ -177,8 +187,12 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
 
     def _build(self):
         source_sizes = {name: len(d) for name, d in zip(self.sources, self.datasets) if name in self.wrap}
-        dataset_index, dataset_sample_index = build_blend_indices(self.schedule, self.size, source_sizes or None)
+        dataset_index, dataset_sample_index = build_blend_indices(
+            self.schedule, self.start + self.size, source_sizes or None)
+        # Samples before `start` belong to earlier phases; children are drawn in the same order.
         counts = realized_counts(dataset_index, len(self.sources))
+        dataset_index = numpy.ascontiguousarray(dataset_index[self.start:])
+        dataset_sample_index = numpy.ascontiguousarray(dataset_sample_index[self.start:])
         for k, (name, child) in enumerate(zip(self.sources, self.datasets)):
             if name not in self.wrap and counts[k] > len(child):
                 surplus = getattr(self.config, "mid_level_dataset_surplus", None)
@@ -188,8 +202,8 @@ class SynProBlendedDataset(torch.utils.data.Dataset):
                     + (f" (mid_level_dataset_surplus is {surplus})" if surplus is not None else "")
                     + f", or let it wrap around (wrap=[{name!r}])"
                 )
-        logger.info("built SynProBlendedDataset indices: %d samples, per-source counts %s",
-                    self.size, dict(zip(self.sources, counts.tolist())))
+        logger.info("built SynProBlendedDataset indices: %d samples from global sample %d, per-source counts "
+                    "up to its end %s", self.size, self.start, dict(zip(self.sources, counts.tolist())))
         return dataset_index, dataset_sample_index
 
     def _save(self, paths: dict[str, str], dataset_index, dataset_sample_index) -> None:
@@ -230,20 +244,32 @@ def _atomic_write(path: str, write: Callable) -> None:
 
 
 # ---------------------------------------------------------------------- children (GPTDatasets)
+def is_object_storage_prefix(prefix: str) -> bool:
+    """s3:// or msc:// prefixes, which megatron-core reads itself (object_storage_cache_path)."""
+    try:
+        from megatron.core.datasets.object_storage_utils import is_object_storage_path
+    except ImportError:  # older megatron-core: no object storage support
+        return False
+    return bool(is_object_storage_path(prefix))
+
+
 def build_source_datasets(
     prefixes: Mapping[str, str],
-    num_samples_per_source: Mapping[str, int],
+    num_samples_per_source: Mapping[str, Optional[int]],
     config: Any,
     split: Any = None,
     is_built_on_rank: Optional[Callable[[], bool]] = None,
     dataset_cls: Any = None,
+    bounds: Optional[Mapping[str, tuple[float, float]]] = None,
 ) -> dict[str, Any]:
     """Build one megatron-core GPTDataset per source (`name -> .bin/.idx prefix`).
 
-    Each is the `split` part (default train) of its IndexedDataset, per `config.split`, asked for
-    `num_samples_per_source[name]` samples, through Megatron's
+    Each is the `split` part (default train) of its IndexedDataset, asked for
+    `num_samples_per_source[name]` samples (None: one epoch, as --full-validation asks), through Megatron's
     `BlendedMegatronDatasetBuilder.build_generic_dataset` (rank 0 builds and caches first under
     torch.distributed; a rank where `is_built_on_rank()` is False gets None).
+    The part is `bounds[name]` = (begin, end) fractions of its documents when given, else the
+    `split` row of `config.split_matrix`, else all documents (a config built from blend_per_split).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset
@@ -252,9 +278,13 @@ def build_source_datasets(
     split = Split.train if split is None else split
     dataset_cls = GPTDataset if dataset_cls is None else dataset_cls
     is_built_on_rank = is_built_on_rank or (lambda: True)
-    bounds = config.split_matrix[split.value]
-    if bounds is None:
-        raise ValueError(f"config.split {config.split!r} leaves the {split.name} split empty")
+    bounds = dict(bounds or {})
+    for name in prefixes:
+        if name not in bounds:
+            matrix = getattr(config, "split_matrix", None)
+            bounds[name] = matrix[split.value] if matrix is not None else (0.0, 1.0)
+            if bounds[name] is None:
+                raise ValueError(f"config.split {config.split!r} leaves the {split.name} split empty")
     missing = [n for n in prefixes if n not in num_samples_per_source]
     if missing:
         raise ValueError(f"num_samples_per_source has no entry for sources {missing}")
@@ -265,24 +295,30 @@ def build_source_datasets(
         built_here = not distributed or is_built_on_rank()
         low_level, indices = None, None
         if built_here:
-            for suffix in (".bin", ".idx"):
+            # TODO(issue 12): call its .bin/.idx size check here once it lands.
+            for suffix in ((".bin", ".idx") if not is_object_storage_prefix(prefix) else ()):
                 if not os.path.isfile(prefix + suffix):
                     raise FileNotFoundError(f"source {name!r}: {prefix + suffix} not found")
             low_level = dataset_cls.build_low_level_dataset(prefix, config)
             num_elements = dataset_cls.numel_low_level_dataset(low_level)
-            beg = int(round(bounds[0] * float(num_elements)))
-            end = int(round(bounds[1] * float(num_elements)))
+            beg = int(round(bounds[name][0] * float(num_elements)))
+            end = int(round(bounds[name][1] * float(num_elements)))
             if end <= beg:
                 raise ValueError(
                     f"source {name!r} ({prefix}): the {split.name} split of its {num_elements} documents "
-                    f"is empty under split {config.split!r}"
+                    f"is empty (document fractions {bounds[name]})"
                 )
             indices = numpy.arange(beg, end, dtype=numpy.int32)
         out[name] = BlendedMegatronDatasetBuilder.build_generic_dataset(
             dataset_cls, is_built_on_rank, True,
-            low_level, prefix, indices, int(num_samples_per_source[name]), split, config,
+            low_level, prefix, indices, _as_count(num_samples_per_source[name]), split, config,
         )
     return out
+
+
+def _as_count(num: Optional[int]) -> Optional[int]:
+    """Megatron passes None for --full-validation: GPTDataset then builds exactly one epoch."""
+    return None if num is None else int(num)
 
 
 def build_blended_dataset(
@@ -294,6 +330,9 @@ def build_blended_dataset(
     *,
     split: Any = None,
     wrap: Union[bool, Iterable[str]] = False,
+    start: int = 0,
+    total_samples: Optional[int] = None,
+    bounds: Optional[Mapping[str, tuple[float, float]]] = None,
 ) -> Optional[SynProBlendedDataset]:
     """Children sized by `samples_per_source`, then the SynProBlendedDataset over them.
 
@@ -301,6 +340,10 @@ def build_blended_dataset(
     names are ignored; every schedule source needs one). needs_data: whether this rank reads data
     (a bool or Megatron's `is_built_on_rank` callable). Call on every rank under
     torch.distributed; returns None where needs_data is False.
+    start: the global sample index of sample 0 (a Megatron phase's first sample).
+    total_samples: the whole run's train samples; children are sized for it (default
+    start + num_samples), so every phase builds the same children as an uninterrupted run.
+    bounds: per source, the (begin, end) fractions of its documents to train on.
     """
     if not isinstance(schedule, BlendSchedule):
         schedule = BlendSchedule.load(schedule)
@@ -309,13 +352,14 @@ def build_blended_dataset(
     if missing:
         raise ValueError(f"no data prefix for schedule sources {missing} (give NAME=PREFIX for each)")
     surplus = getattr(config, "mid_level_dataset_surplus", 0.005)
-    sizes = samples_per_source(schedule, num_samples, surplus)
+    total = start + num_samples if total_samples is None else max(int(total_samples), start + num_samples)
+    sizes = samples_per_source(schedule, total, surplus)
     ordered = {name: prefixes[name] for name in schedule.sources}
     if _dist_rank() is None and not is_built_on_rank():
         return None
-    children = build_source_datasets(ordered, sizes, config, split, is_built_on_rank)
+    children = build_source_datasets(ordered, sizes, config, split, is_built_on_rank, bounds=bounds)
     if any(child is None for child in children.values()):
         if _dist_rank() is not None:
             torch.distributed.barrier()  # matches the barrier inside SynProBlendedDataset on building ranks
         return None
-    return SynProBlendedDataset(children, schedule, num_samples, config, wrap=wrap)
+    return SynProBlendedDataset(children, schedule, num_samples, config, wrap=wrap, start=start)
