@@ -129,3 +129,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--window", type=_positive_int, default=None, help="samples per row (default: num-samples/20)")
     p.add_argument("--out", default=None, help="write a PNG plot here")
     p.set_defaults(func=_run)
+    from synpro_megatron.blending.check_megatron import register_blend_subcommand
+
+    register_blend_subcommand(blend_sub)  # `synpro blend check-megatron` (imports megatron-core lazily)

@@ -351,8 +351,8 @@ def _split_matrix(split: str):
     return convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
 
 
-def resolve_sources(args) -> SynProSources:
-    """Check the flags and resolve the sources; raises SynProArgsError listing every problem."""
+def flag_problems(args) -> list[str]:
+    """Megatron flags that do not work with the SynPro provider."""
     problems = []
     if getattr(args, "dataloader_type", None) not in (None, "single"):
         problems.append(f"--dataloader-type {args.dataloader_type}: the schedule is keyed on the global sample "
@@ -361,6 +361,24 @@ def resolve_sources(args) -> SynProSources:
     if flags:
         problems.append(f"{', '.join(flags)} given with --synpro-schedule: Megatron would not read them "
                         "(the SynPro provider builds the data); drop them or drop --synpro-*")
+    return problems
+
+
+def without_conflicting_flags(args):
+    """A copy of args with the conflicting data flags cleared (to go on checking the rest)."""
+    import copy
+
+    clean = copy.copy(args)
+    for attr in CONFLICTING_FLAGS:
+        if getattr(clean, attr, None):
+            setattr(clean, attr, None)
+    clean.dataloader_type = "single" if getattr(args, "dataloader_type", None) else None
+    return clean
+
+
+def resolve_sources(args) -> SynProSources:
+    """Check the flags and resolve the sources; raises SynProArgsError listing every problem."""
+    problems = flag_problems(args)
     if not getattr(args, "synpro_schedule", None):
         raise SynProArgsError("; ".join(problems + ["--synpro-schedule PATH is required"]))
     schedule = BlendSchedule.load(args.synpro_schedule)
