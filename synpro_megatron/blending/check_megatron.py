@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import sys
 import tempfile
@@ -180,12 +181,17 @@ def check(argv: list[str], num_samples: int = 1000, window: Optional[int] = None
         check_args.data_cache_path = cache  # the check writes nothing beside the data
         check_args.train_samples, check_args.train_iters = start + num_samples, None
         valid_samples = None if args.full_validation else 1
+        provider_log = logging.getLogger(megatron_lm.__name__)
+        level = provider_log.level
+        provider_log.setLevel(logging.ERROR)  # its tokenizer warnings are printed above already
         try:
             train, valid, _ = megatron_lm.train_valid_test_datasets_provider(
                 [num_samples, valid_samples, 0], args=check_args, tokenizer=tokenizer)
             first = train[0]
         except Exception as e:  # noqa: BLE001 - shown as one line, not a traceback wall
             return _report([f"building the datasets failed: {type(e).__name__}: {e}"], out)
+        finally:
+            provider_log.setLevel(level)
         dataset_index = numpy.asarray(train.dataset_index[:num_samples], dtype=numpy.int64)
     schedule = sources.schedule
     print(f"train: {len(train)} samples of {len(first['tokens'])} tokens from global sample {start}; "
