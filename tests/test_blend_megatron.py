@@ -346,3 +346,30 @@ def test_check_megatron_cli(data, tmp_path, capsys):
     assert "--mock-data given with --synpro-schedule" in out and "GPT2BPETokenizer" in out
     assert synpro_main(base + megatron[:2] + ["--vocab-size", "1023", "--seq-length", "16"]) == 2
     assert "vocab_size 1024" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # loads the Hugging Face tokenizer (prepare + Megatron's HuggingFaceTokenizer)
+def test_readme_launch_line_tokenizer_flags_pass_the_check_on_prepared_data(tmp_path, capsys):
+    """`synpro prepare` output + the README's --tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR."""
+    from synpro_megatron.data.tokenizer import resolve_tokenizer_path
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i} talks about topic {i % 7} "
+                                          "at some length, with words enough for a sample. " * 3}) + "\n"
+                              for i in range(120)))
+    for name in ("organic", "round1"):
+        assert synpro_main(["prepare", "--input", str(corpus), "--output", str(tmp_path / name), "--workers", "1",
+                            "--held-out", "0.1"]) == 0
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"sources": ["organic", "round1"], "phases": [
+        {"start": 0, "weights": {"organic": 1}}, {"start": 20, "weights": {"organic": 0.5, "round1": 0.5}}]}))
+    base = ["blend", "check-megatron", "--schedule", str(schedule), "--num-samples", "40", "--window", "20",
+            "--synpro-source", f"organic={tmp_path / 'organic'}", "--synpro-source", f"round1={tmp_path / 'round1'}",
+            "--seq-length", "32", "--dataloader-type", "single"]
+    capsys.readouterr()
+    assert synpro_main(base + ["--tokenizer-type", "HuggingFaceTokenizer",
+                               "--tokenizer-model", resolve_tokenizer_path(None)]) == 0
+    out = capsys.readouterr().out
+    assert "valid: " in out and "organic_heldout" in out and out.splitlines()[-1] == "ok"
+    assert synpro_main(base) == 2  # pretrain_gpt.py's default GPT-2 tokenizer
+    assert "--tokenizer-type HuggingFaceTokenizer --tokenizer-model" in capsys.readouterr().out
