@@ -7,6 +7,8 @@
   the BlendedDataset-shaped dataset and its GPTDataset children (these import torch and
   megatron-core, so they load on first use).
 * `realized_mix`: per-window shares of each source (used by `synpro blend inspect` and reports).
+* Drop-ins: `megatron_lm` (Megatron-LM's pretrain_gpt.py provider and flags), `bridge`
+  (`SynProDatasetProvider` for Megatron Bridge), `check_megatron` (`synpro blend check-megatron`).
 """
 from synpro_megatron.blending.indices import build_blend_indices, have_extension, realized_counts
 from synpro_megatron.blending.schedule import BlendSchedule, Phase, ScheduleError, SegmentTable
