@@ -136,8 +136,10 @@ def _file_problems(sources) -> list[str]:
     return problems
 
 
-def check(argv: list[str], num_samples: int = 1000, window: Optional[int] = None, out=sys.stdout) -> int:
+def check(argv: list[str], num_samples: int = 1000, window: Optional[int] = None, out=None) -> int:
     from synpro_megatron.blending import megatron_lm
+
+    out = out if out is not None else sys.stdout  # looked up per call (tests and callers swap sys.stdout)
 
     args, how, not_checked = parse_megatron_args(argv)
     print(f"parsed with {how}", file=out)
