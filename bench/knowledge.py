@@ -71,15 +71,16 @@ class BenchConfig:
     # --eval-iters on to pretraining yet), so this share is large
     held_out: float = 0.45
     vocab: int = 512
-    epochs: float = 40.0  # token budget = epochs x tokens of the trained biographies
+    epochs: float = 80.0  # token budget = epochs x tokens of the trained biographies
     seq_len: int = 128
     global_batch: int = 8
     micro_batch: int = 4
     lr: float = 2e-3
     eval_interval: int = 10
     chunk_evals: int = 3
+    eval_every: int = 30  # steps between the checkpoints scored (plus the branch point and the last)
     plateau_threshold: float = 0.02
-    grpo_steps: int = 3
+    grpo_steps: int = 2
     kinds: tuple = ("rephrase",)
     synth_fraction: float = 0.5  # the loop rewrites the biographies the plateau model finds hardest
     organic_weight: float = 0.5
@@ -111,7 +112,10 @@ def loop_config(data: Dict[str, str], cfg: BenchConfig, seed: int) -> dict:
         "generators": {
             "kinds": list(cfg.kinds),
             "probe_args": ["--reference", data["reference"], "--doc-losses"],
+            # one prompt group per micro-step: two groups at once (8 x ~560 tokens x a 49k-word output
+            # layer) took 7 GB and the OOM killer stopped it on this shared machine
             "train_args": ["--steps", str(cfg.grpo_steps), "--num-prompts", "2", "--num-generations", "4",
+                           "--prompts-per-device", "1", "--grad-accum", "2",
                            "--max-source-tokens", "160", "--max-completion-length", str(cfg.max_new_tokens),
                            "--source-jsonl", data["train_bios"], "--reference-jsonl", data["reference"], "--few-shot"],
             "synth_args": synth_args(data, cfg),
@@ -137,8 +141,9 @@ def prepare_data(seed_dir: str, cfg: BenchConfig, seed: int) -> Dict[str, str]:
     with open(prefix + ".docids.json", encoding="utf-8") as f:
         trained = set(json.load(f))
     train_bios = os.path.join(ddir, "train_bios.jsonl")  # the synthesis source: held-out people stay unseen
-    with open(paths["bios.jsonl"], encoding="utf-8") as f, open(train_bios, "w", encoding="utf-8") as g:
+    with open(paths["bios.jsonl"], encoding="utf-8") as f, open(train_bios + ".tmp", "w", encoding="utf-8") as g:
         g.writelines(line for line in f if json.loads(line)["id"] in trained)
+    os.replace(train_bios + ".tmp", train_bios)
     budget = int(cfg.epochs * meta["num_tokens"])
     budget -= budget % (cfg.seq_len * cfg.global_batch)
     return {"dir": ddir, "prefix": prefix, "tokenizer": meta["tokenizer"], "train_bios": train_bios,
@@ -230,7 +235,10 @@ def run_arms(seed_dir: str, data: Dict[str, str], cfg: BenchConfig, seed: int, a
     with open(cfg_path, "w", encoding="utf-8") as f:
         json.dump(loop_config(data, cfg, seed), f, indent=1)
     loop_cfg = LoopConfig.load(cfg_path)
-    run(synpro_cmd("run", "--config", cfg_path, "--run-dir", synpro_dir), os.path.join(seed_dir, "synpro.log"))
+    if "synpro" in arms:
+        run(synpro_cmd("run", "--config", cfg_path, "--run-dir", synpro_dir), os.path.join(seed_dir, "synpro.log"))
+    # without the synpro arm: only the branch arms, from a loop that has passed its plateau (they
+    # need its plateau checkpoint and probe only, so they can run while the loop trains generators)
     step = refresh_step(synpro_dir)
     if step is None:
         raise RuntimeError(f"{synpro_dir}: the loop never refreshed (no plateau before the budget ran out): "
@@ -253,6 +261,7 @@ def run_arms(seed_dir: str, data: Dict[str, str], cfg: BenchConfig, seed: int, a
         elif arm == "oracle":
             prefix = os.path.join(arm_dir, "synthetic", "oracle")
             if not os.path.exists(prefix + ".meta.json"):
+                os.makedirs(os.path.dirname(prefix), exist_ok=True)
                 run(synpro_cmd("prepare", "--input", data["oracle"], "--output", prefix, "--tokenizer", data["tokenizer"],
                                "--held-out", "0", "--workers", "1"), os.path.join(arm_dir, "prepare.log"))
             prefixes = {k: prefix for k in cfg.kinds}  # the oracle fills every synthetic slot of the blend
@@ -264,7 +273,7 @@ def run_arms(seed_dir: str, data: Dict[str, str], cfg: BenchConfig, seed: int, a
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
-def evaluate_arm(run_dir: str, data: Dict[str, str]) -> List[dict]:
+def evaluate_arm(run_dir: str, data: Dict[str, str], every: int, also: Optional[int] = None) -> List[dict]:
     """Accuracy on unseen phrasings and held-out rephrasing loss at every checkpoint (cached)."""
     from synpro_megatron.eval.multiple_choice import evaluate_checkpoint, tokens_at_step
     from synpro_megatron.pretrain.checkpoint import checkpoint_root
@@ -277,6 +286,7 @@ def evaluate_arm(run_dir: str, data: Dict[str, str]) -> List[dict]:
     with open(data["heldout"], encoding="utf-8") as f:
         heldout = [json.loads(line)["text"] for line in f]
     steps = sorted(int(d[len("iter_"):]) for d in os.listdir(checkpoint_root(run_dir)) if d.startswith("iter_"))
+    steps = [s for s in steps if s % every == 0 or s == steps[-1] or s == also]
     for step in steps:
         if step in done:
             continue
@@ -379,6 +389,16 @@ def plot(results: dict, out: str) -> str:
     return plots.save_figure(fig, out)
 
 
+def write_outputs(results: dict, out: str) -> str:
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    summary = summarise(results)
+    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(summary)
+    plot(results, os.path.join(out, "knowledge.png"))
+    return summary
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/knowledge")
@@ -413,7 +433,7 @@ def main(argv=None) -> int:
         r = {"refresh_step": step, "refresh_tokens": tokens_at_step(dirs["synpro"], step) if step else None,
              "token_budget": data["token_budget"], "arms": {}, "synthesis": {}}
         for arm in args.arms:
-            r["arms"][arm] = {"run_dir": os.path.relpath(dirs[arm], out), "curve": evaluate_arm(dirs[arm], data)}
+            r["arms"][arm] = {"run_dir": os.path.relpath(dirs[arm], out), "curve": evaluate_arm(dirs[arm], data, cfg.eval_every, step)}
         gen_texts = []
         for arm in ("synpro", "prompted"):
             if arm in dirs:
@@ -423,13 +443,8 @@ def main(argv=None) -> int:
         results["seeds"][str(seed)] = r
         log(f"seed {seed} done ({time.time() - t0:.0f} s): " + ", ".join(
             f"{a}={v['curve'][-1]['accuracy']:.3f}" for a, v in r["arms"].items()))
-    results["wall_s"] = round(time.time() - t0, 1)
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    summary = summarise(results)
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(summary)
-    plot(results, os.path.join(out, "knowledge.png"))
+        results["wall_s"] = round(time.time() - t0, 1)
+        summary = write_outputs(results, out)  # after every seed: a partial result is a result
     print(summary)
     log(f"finished in {time.time() - t0:.0f} s; {out}/summary.md, {out}/knowledge.png")
     return 0
