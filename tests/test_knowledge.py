@@ -143,7 +143,7 @@ def test_arms_get_the_same_token_budget(tmp_path):
     bench = _bench()
     cfg = bench.BenchConfig()
     data = {"prefix": str(tmp_path / "bios"), "tokenizer": str(tmp_path / "bios.tokenizer"),
-            "train_bios": "t.jsonl", "reference": "r.jsonl", "token_budget": 8192 * 25 + 77}
+            "train_bios": "t.jsonl", "reference": "r.jsonl", "doc_losses": "d.jsonl", "token_budget": 8192 * 25 + 77}
     path = tmp_path / "loop.json"
     path.write_text(json.dumps(bench.loop_config(data, cfg, seed=0)))
     loop_cfg = LoopConfig.load(str(path))
