@@ -46,6 +46,7 @@ class PrepareConfig:
     workers: int = 1
     seed: int = 1234
     limit: Optional[int] = None
+    train_tokenizer: Optional[int] = None  # vocab size: train a BPE tokenizer on the input (PREFIX.tokenizer/)
 
 
 @dataclass
@@ -164,6 +165,8 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     if not 0 <= cfg.held_out < 1:
         raise ValueError(f"--held-out must be in [0, 1), got {cfg.held_out}")
+    if cfg.train_tokenizer:  # the trained folder becomes this dataset's tokenizer (meta.json records it)
+        cfg.tokenizer = train_bpe_tokenizer(cfg, f"{cfg.output}.tokenizer")
     tok = load_tokenizer(cfg.tokenizer)
     errors: List[CorpusError] = []
     records = read_corpus(cfg.input, cfg.text_field, cfg.id_field, cfg.on_error, errors)
@@ -237,6 +240,33 @@ def prepare(cfg: PrepareConfig) -> dict:
     return meta
 
 
+def train_bpe_tokenizer(cfg: PrepareConfig, folder: str) -> str:
+    """A byte-level BPE tokenizer of `cfg.train_tokenizer` entries trained on the input corpus
+    (offline, `tokenizers` library), saved as a Hugging Face folder. BPE training has no random
+    choices: the same corpus and size give the same merges, so the folder is deterministic."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if cfg.train_tokenizer < 300:
+        raise ValueError(f"--train-tokenizer must be >= 300 (256 bytes + merges + <|endoftext|>), got {cfg.train_tokenizer}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=cfg.train_tokenizer, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = (r.text for i, r in enumerate(read_corpus(cfg.input, cfg.text_field, cfg.id_field, cfg.on_error))
+             if not cfg.limit or i < cfg.limit)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return os.path.abspath(folder)
+
+
 _OUTPUT_SUFFIXES = (".bin", ".idx", ".docids.json", "_heldout.bin", "_heldout.idx", "_heldout.docids.json")
 
 
@@ -278,13 +308,16 @@ def register_cli(sub) -> None:
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    p.add_argument("--train-tokenizer", type=int, default=None, metavar="VOCAB",
+                   help="train a byte-level BPE tokenizer of VOCAB entries on the input (PREFIX.tokenizer/) and use it")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
     cfg = PrepareConfig(input=args.input, output=args.output, tokenizer=args.tokenizer,
                         text_field=args.text_field, id_field=args.id_field, held_out=args.held_out,
-                        on_error=args.on_error, workers=args.workers, seed=args.seed, limit=args.limit)
+                        on_error=args.on_error, workers=args.workers, seed=args.seed, limit=args.limit,
+                        train_tokenizer=args.train_tokenizer)
     try:
         meta = prepare(cfg)
     except (CorpusError, FileNotFoundError, ValueError) as e:
