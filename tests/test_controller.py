@@ -11,7 +11,7 @@ import pytest
 
 from synpro_megatron.loop import ConfigError, Controller, LoopConfig, LoopState, StageFailed
 from synpro_megatron.loop.fake import FakeCrash, FakeRunner
-from synpro_megatron.loop.fsutil import read_jsonl
+from synpro_megatron.fsutil import read_jsonl
 from synpro_megatron.loop.plateau import eval_series
 from synpro_megatron.loop.runner import launch_prefix, pretrain_cli_args
 

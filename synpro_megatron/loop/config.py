@@ -223,7 +223,7 @@ class LoopConfig:
         return cfg
 
     def save(self, path: str) -> None:
-        from .fsutil import atomic_write_json
+        from synpro_megatron.fsutil import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
 

@@ -24,7 +24,7 @@ from typing import Callable, List, Optional
 
 from .blend import epoch_caps, extend_schedule, load_schedule
 from .config import ConfigError, LoopConfig
-from .fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
+from synpro_megatron.fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
 from .layout import RunLayout, source_name
 from .plateau import detect_plateau, read_metrics
 from .runner import CliRunner, Interrupted, StageFailed, StageRunner

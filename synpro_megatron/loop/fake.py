@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Optional
 
-from .fsutil import atomic_write_json, atomic_write_text, read_json
+from synpro_megatron.fsutil import atomic_write_json, atomic_write_text, read_json
 from .layout import RunLayout
 from .runner import StageRunner, SubprocessRunner
 

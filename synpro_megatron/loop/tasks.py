@@ -16,7 +16,7 @@ executor from them); the stage itself uses the devices it can see.
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .fsutil import dir_has_files, read_json
+from synpro_megatron.fsutil import dir_has_files, read_json
 from .layout import RunLayout, source_name
 
 PAYLOADS = ("real", "fake")
