@@ -32,6 +32,14 @@ def source_name(round_k: int, kind: str) -> str:
     return f"round{round_k}_{kind}"
 
 
+def parse_source_name(name: str) -> tuple:
+    """(round, kind) of a blend-schedule source name (inverse of `source_name`)."""
+    head, _, kind = name.partition("_")
+    if not (head.startswith("round") and head[5:].isdigit() and kind):
+        raise ValueError(f"{name!r} is not a synthetic source name (roundK_KIND)")
+    return int(head[5:]), kind
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: str
