@@ -6,7 +6,7 @@ inputs and outputs here; no other module joins run-directory paths by hand.
     ROOT/
       data/organic.{bin,idx,docids.json,meta.json}   prepare: the organic training pool
       data/organic_heldout.{bin,idx,docids.json}     prepare: held-out documents (never rewritten)
-      pretrain_config.json  metrics.jsonl  tensorboard/NAME/
+      pretrain_config.json  metrics.jsonl  tensorboard/[NAME/]  cache/ (dataset indices)
       checkpoints/iter_NNNNNNN/  checkpoints/latest  pretrain
       rounds/round_K/probe/                          probe --round K
       rounds/round_K/generators/KIND/                train-generator --round K (the generator's one home)
@@ -16,13 +16,16 @@ inputs and outputs here; no other module joins run-directory paths by hand.
       synthetic/manifest.json                        every synthetic round/kind
       blend/schedule_round_K.json                    the blend schedule with rounds 1..K
       state.json  loop_log.jsonl  loop_config.json   the loop controller (`synpro run`)
-      reports/                                       `synpro report`
+      eval_mc.jsonl                                  `synpro eval`: multiple-choice accuracies
+      report/report.md                               `synpro report`
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 ORGANIC = "organic"
 
@@ -73,6 +76,11 @@ class RunDir:
         return self.p("tensorboard", name) if name else self.p("tensorboard")
 
     @property
+    def dataset_cache(self) -> str:
+        """Megatron's dataset index cache (sample order of the training blend)."""
+        return self.p("cache")
+
+    @property
     def checkpoints(self) -> str:
         return self.p("checkpoints")
 
@@ -111,6 +119,15 @@ class RunDir:
     def generator_dir(self, k: int, kind: str) -> str:
         return os.path.join(self.round_dir(k), "generators", kind)
 
+    def generators(self) -> List[Tuple[int, str, str]]:
+        """(round, kind, folder) of every generator trained in this run, by round then kind."""
+        found = []
+        for path in glob.glob(os.path.join(self.p("rounds"), "round_*", "generators", "*")):
+            m = re.fullmatch(r"round_(\d+)", os.path.basename(os.path.dirname(os.path.dirname(path))))
+            if m and os.path.isdir(path):
+                found.append((int(m.group(1)), os.path.basename(path), path))
+        return sorted(found)
+
     # -------------------------------------------------------------- synthetic data
     def synthetic_round_dir(self, k: int) -> str:
         return self.p("synthetic", f"round_{k}")
@@ -123,6 +140,15 @@ class RunDir:
 
     def dropped(self, k: int, kind: str) -> str:
         return self.synthetic_prefix(k, kind) + ".dropped.jsonl"
+
+    def synthetic_files(self, suffix: str) -> List[Tuple[int, str, str]]:
+        """(round, kind, path) of every synthetic/round_K/KIND{suffix}, e.g. suffix ".idx"."""
+        found = []
+        for path in glob.glob(os.path.join(self.p("synthetic"), "round_*", "*" + suffix)):
+            m = re.fullmatch(r"round_(\d+)", os.path.basename(os.path.dirname(path)))
+            if m:
+                found.append((int(m.group(1)), os.path.basename(path)[:-len(suffix)], path))
+        return sorted(found)
 
     def synthesis_work_dir(self, k: int, kind: str) -> str:
         return os.path.join(self.synthetic_round_dir(k), ".work", kind)
@@ -152,10 +178,14 @@ class RunDir:
     def loop_lock(self) -> str:
         return self.p(".loop.lock")
 
-    # -------------------------------------------------------------- reports
+    # -------------------------------------------------------------- evaluation and reports
     @property
-    def reports(self) -> str:
-        return self.p("reports")
+    def eval_mc(self) -> str:
+        return self.p("eval_mc.jsonl")
+
+    @property
+    def report_dir(self) -> str:
+        return self.p("report")
 
 
 def heldout_prefix(organic_prefix: str) -> str:
