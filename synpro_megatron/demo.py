@@ -36,11 +36,7 @@ def _write_pool(src: str, dst: str, n_docs: int, seed: int) -> int:
         lines = [line for line in f if line.strip()]
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(len(lines)), min(n_docs, len(lines))))
-    tmp = dst + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in picked:
-            f.write(lines[i] if lines[i].endswith("\n") else lines[i] + "\n")
-    os.replace(tmp, dst)
+    atomic_write_text(dst, "".join(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in picked))
     return len(picked)
 
 

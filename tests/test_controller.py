@@ -494,3 +494,27 @@ def test_a_run_started_before_a_new_config_field_resumes(tmp_path):
     assert run_loop(make_cfg(tmp_path, max_rounds=0), tmp_path / "run").done
     with pytest.raises(ValueError, match="held_out"):
         run_loop(make_cfg(tmp_path, max_rounds=0, held_out=0.2), tmp_path / "run")
+
+
+def test_loop_synthesis_never_inherits_the_allocations_ranks(monkeypatch):
+    """Inside a Slurm job or under torchrun the environment describes the surrounding job; the
+    loop's synthesis is given its own rank and world (one process) instead."""
+    from synpro_megatron.cli import build_parser
+    from synpro_megatron.loop.runner import CliRunner
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.job import rank_and_world
+
+    job_env = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "RANK": "3", "WORLD_SIZE": "4"}
+    runner = CliRunner(env=dict(os.environ, **job_env))
+    cmds = []
+    runner.run_command = lambda stage, cmd, *a, **k: cmds.append(cmd)
+    runner.synthesize("rephrase", "/runs/r", 2, organic="/data/organic")
+    cli = cmds[0][cmds[0].index("synthesize"):]
+    args = build_parser().parse_args(cli)
+    assert (args.rank, args.world_size, args.round, args.run_dir, args.organic) == (0, 1, 2, "/runs/r", "/data/organic")
+    for k, v in job_env.items():
+        monkeypatch.setenv(k, v)
+    cfg = SynthesisConfig(kind="rephrase", run_dir="/runs/r", rank=args.rank, world_size=args.world_size)
+    assert rank_and_world(cfg) == (0, 1)
+    # a direct `srun synpro synthesize` (no flags) still takes the job's ranks
+    assert rank_and_world(SynthesisConfig(kind="rephrase", run_dir="/runs/r")) == (3, 4)
