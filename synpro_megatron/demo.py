@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 
+from synpro_megatron.fsutil import atomic_write_text, read_json
 from synpro_megatron.pretrain.data import DEFAULT_WEB_SAMPLE
+from synpro_megatron.rundir import RunDir
 
 
 def _write_pool(src: str, dst: str, n_docs: int, seed: int) -> int:
@@ -34,17 +36,12 @@ def _write_pool(src: str, dst: str, n_docs: int, seed: int) -> int:
         lines = [line for line in f if line.strip()]
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(len(lines)), min(n_docs, len(lines))))
-    tmp = dst + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in picked:
-            f.write(lines[i] if lines[i].endswith("\n") else lines[i] + "\n")
-    os.replace(tmp, dst)
+    atomic_write_text(dst, "".join(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in picked))
     return len(picked)
 
 
 def loop_config(pool: str, out: str, args) -> dict:
-    synpro_dir = os.path.join(out, "synpro")
-    doc_losses = os.path.join(synpro_dir, "rounds", "round_1", "probe", "doc_losses.jsonl")
+    doc_losses = RunDir(os.path.join(out, "synpro")).probe_doc_losses(1)
     return {
         "model": "tiny",
         "input": pool,
@@ -65,10 +62,10 @@ def loop_config(pool: str, out: str, args) -> dict:
             "probe_args": ["--doc-losses"],
             # short sources, so that a 64-token completion can be a whole rewrite the gate may pass
             # (a cut-off one never does, and a group of zero rewards teaches nothing); on a CPU the
-            # prompt length is most of a GRPO step's cost
+            # prompt length is most of a GRPO step's cost. No --source-jsonl: GRPO and synthesis
+            # read the run's prepared pool, held-out documents excluded.
             "train_args": ["--steps", str(args.grpo_steps), "--num-prompts", "2", "--num-generations", "4",
-                           "--max-source-tokens", "64", "--max-completion-length", "64", "--source-jsonl", pool],
-            # no --source-jsonl: synthesis reads the run's prepared pool, held-out documents excluded.
+                           "--max-source-tokens", "64", "--max-completion-length", "64"],
             # --few-shot: a 135M generator follows a worked example far better than written rules.
             # Short pieces (reformat) and two samples per piece: the best faithful one of each is kept
             "synth_args": ["--select", f"top-loss:{args.synth_fraction}",
@@ -82,7 +79,7 @@ def loop_config(pool: str, out: str, args) -> dict:
 
 def _refresh_step(synpro_dir: str):
     """Step of the first plateau that started a round (from the loop log), or None."""
-    path = os.path.join(synpro_dir, "loop_log.jsonl")
+    path = RunDir(synpro_dir).loop_log
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -95,27 +92,23 @@ def _refresh_step(synpro_dir: str):
 
 def run_repetition_baseline(synpro_dir: str, base_dir: str) -> None:
     """Continue the SynPro run's pre-refresh checkpoint on organic data only, to the same budget."""
-    from synpro_megatron.pretrain.checkpoint import checkpoint_dir, checkpoint_root
     from synpro_megatron.pretrain.config import PretrainConfig
     from synpro_megatron.pretrain.launch import config_to_args
 
-    with open(os.path.join(synpro_dir, "pretrain_config.json"), encoding="utf-8") as f:
-        cfg = PretrainConfig.from_dict(json.load(f))
+    synpro, baseline = RunDir(synpro_dir), RunDir(base_dir)
+    cfg = PretrainConfig.from_dict(read_json(synpro.pretrain_config))
     step = _refresh_step(synpro_dir)
     os.makedirs(base_dir, exist_ok=True)
-    if step is not None and not os.path.exists(os.path.join(checkpoint_root(base_dir), "latest")):
+    if step is not None and not os.path.exists(baseline.latest_file):
         # Shared prefix: copy the checkpoint and the metrics up to the refresh point.
-        src = checkpoint_dir(synpro_dir, step)
-        dst = checkpoint_dir(base_dir, step)
+        dst = baseline.checkpoint(step)
         if os.path.exists(dst):
             shutil.rmtree(dst)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("influence"))
-        with open(os.path.join(synpro_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        shutil.copytree(synpro.checkpoint(step), dst, ignore=shutil.ignore_patterns("influence"))
+        with open(synpro.metrics, encoding="utf-8") as f:
             kept = [line for line in f if json.loads(line).get("step", 0) <= step]
-        with open(os.path.join(base_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        with open(os.path.join(checkpoint_root(base_dir), "latest"), "w", encoding="utf-8") as f:
-            f.write(f"{step}\n")
+        atomic_write_text(baseline.metrics, "".join(kept))
+        atomic_write_text(baseline.latest_file, f"{step}\n")  # last: the baseline now has a checkpoint
     base = PretrainConfig.from_dict({**json.loads(cfg.to_json()), "run_dir": base_dir, "blend_schedule": None,
                                      "synthetic": {}, "resume": True, "stop_at_sample": None})
     cmd = [sys.executable, "-m", "synpro_megatron.pretrain", *config_to_args(base)]

@@ -29,6 +29,15 @@ def corpus(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def tp1_baseline(corpus, tmp_path_factory):
+    """One TP=1 run of 4 steps (checkpoints at 2 and 4), shared by the tests that compare against it."""
+    return run_pretrain(corpus, tmp_path_factory.mktemp("tp1") / "run", *TP1_BASELINE)
+
+
+TP1_BASELINE = ["--max-steps", "4", "--eval-interval", "2", "--save-interval", "2"]
+
+
 def run_pretrain(corpus, run_dir, *extra, nproc=None, timeout=900):
     cmd = [sys.executable, "-m", "synpro_megatron.cli", "pretrain", "--data", corpus, "--run-dir", str(run_dir),
            *SMALL, *extra]
@@ -70,11 +79,10 @@ def test_tiny_model_learns(corpus, tmp_path):
     assert open(tmp_path / "learn" / "checkpoints" / "latest").read().strip() == "20"
 
 
-def test_tensor_parallel_matches_single_rank(corpus, tmp_path):
-    base = run_pretrain(corpus, tmp_path / "tp1", "--max-steps", "4", "--eval-interval", "2", "--save-interval", "0")
+def test_tensor_parallel_matches_single_rank(corpus, tp1_baseline, tmp_path):
     tp2 = run_pretrain(corpus, tmp_path / "tp2", "--max-steps", "4", "--eval-interval", "2", "--save-interval", "0",
                        "--tp", "2")
-    assert_same_curves(base, tp2)
+    assert_same_curves(tp1_baseline, tp2)
 
 
 def test_tp2_pp2_matches_pp2(corpus, tmp_path):
@@ -108,10 +116,9 @@ def test_kill_after_checkpoint_then_resume_gives_same_curve(corpus, tmp_path):
     assert_same_curves(whole, resumed, rel=1e-6)
 
 
-def test_checkpoint_reshards_to_tensor_parallel(corpus, tmp_path):
+def test_checkpoint_reshards_to_tensor_parallel(corpus, tp1_baseline, tmp_path):
     """A TP=1 checkpoint resumes at TP=2 and continues the TP=1 curve."""
-    common = ["--max-steps", "4", "--eval-interval", "2", "--save-interval", "2"]
-    whole = run_pretrain(corpus, tmp_path / "tp1", *common)
+    common, whole = TP1_BASELINE, tp1_baseline
     partial = tmp_path / "switch"
     run_pretrain(corpus, partial, *common, "--stop-at-sample", "8")
     assert open(partial / "checkpoints" / "latest").read().strip() == "2"
@@ -127,7 +134,7 @@ def test_bad_layout_is_a_clear_error(corpus, tmp_path):
     assert "global_batch 3 must be a multiple of micro_batch*dp" in proc.stderr
 
 
-def test_blended_run_resumes_inside_a_linear_phase(corpus, tmp_path):
+def test_blended_run_resumes_inside_a_linear_phase(corpus, tp1_baseline, tmp_path):
     """Organic + a second source under a schedule that ramps linearly from sample 4 to 16: stopping at
     sample 8 (mid-ramp) and resuming gives the uninterrupted curve."""
     import gzip as gz
@@ -157,7 +164,7 @@ def test_blended_run_resumes_inside_a_linear_phase(corpus, tmp_path):
     run_pretrain(corpus, part, *common, "--stop-at-sample", "8")
     resumed = run_pretrain(corpus, part, *common, "--resume")
     assert_same_curves(whole, resumed, rel=1e-6)
-    plain = run_pretrain(corpus, tmp_path / "plain", "--max-steps", "4", "--eval-interval", "2", "--save-interval", "0")
+    plain = tp1_baseline  # the same run on organic data alone
     assert losses(plain)[:2] == losses(whole)[:2], "identical while the schedule is all organic"
     assert losses(plain)[-1] != losses(whole)[-1], "the synthetic source changes training after the ramp starts"
 

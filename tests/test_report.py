@@ -8,6 +8,7 @@ import re
 
 from synpro_megatron.eval.cli import register_cli
 from synpro_megatron.eval.report import build_report
+from synpro_megatron.rundir import RunDir
 
 GB, SEQ = 8, 256  # global batch, sequence length: tokens = step * GB * SEQ
 REFRESH_STEP = 80
@@ -77,10 +78,9 @@ def build_demo(root):
         json.dump({"stage": "done", "round": 1, "rounds_done": 1, "data": "data/organic", "step": 200,
                    "blend_schedule": "blend_schedule.json", "history": []}, f)
     # generator RL logs as `synpro train-generator` writes them (unprefixed keys, wall-clock time,
-    # None for a reward that was off at that step), one in the trainer's layout, one in the loop's
+    # None for a reward that was off at that step), in the generators' one home
     gate_final = {}
-    reward_dirs = {"rephrase": os.path.join(syn, "generators", "round_1", "rephrase"),
-                   "reformat": os.path.join(syn, "rounds", "round_1", "generators", "reformat")}
+    reward_dirs = {kind: RunDir(syn).generator_dir(1, kind) for kind in ("rephrase", "reformat")}
     for n, kind in enumerate(KINDS):
         recs = []
         for step in range(1, REWARD_STEPS + 1):
@@ -177,8 +177,9 @@ def test_report_with_missing_and_broken_inputs(tmp_path):
     run = tmp_path / "rep_only"
     recs = write_metrics(str(run), synpro=False)
     # a reward log with a malformed line in the middle: that section says so, the rest is written
-    write_jsonl(str(run / "generators" / "round_1" / "rephrase" / "reward_log.jsonl"), [{"step": 1, "gate_pass_rate": 0.5}])
-    with open(run / "generators" / "round_1" / "rephrase" / "reward_log.jsonl", "a") as f:
+    reward_log = os.path.join(RunDir(str(run)).generator_dir(1, "rephrase"), "reward_log.jsonl")
+    write_jsonl(reward_log, [{"step": 1, "gate_pass_rate": 0.5}])
+    with open(reward_log, "a") as f:
         f.write("{not json\n" + json.dumps({"step": 2, "gate_pass_rate": 0.6}) + "\n")
     # a synthetic dataset with neither manifest nor provenance: counts come from its .idx header
     from synpro_megatron.data.indexed import write_indexed_dataset

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -238,7 +237,7 @@ class BlendSchedule:
         return {"sources": list(self.sources), "phases": [p.to_dict() for p in self.phases]}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write JSON (or YAML for .yaml/.yml) to a temporary file, then rename it into place."""
+        """Write JSON (or YAML for .yaml/.yml) atomically (synpro_megatron.fsutil)."""
         path = os.fspath(path)
         if _is_yaml(path):
             import yaml
@@ -246,16 +245,9 @@ class BlendSchedule:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         else:
             text = json.dumps(self.to_dict(), indent=2) + "\n"
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".schedule-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from synpro_megatron.fsutil import atomic_write_text
+
+        atomic_write_text(path, text)
 
     def with_phase(
         self,

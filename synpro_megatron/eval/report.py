@@ -7,7 +7,7 @@ every number in it is read from the run's own logs:
     loop_log.jsonl, state.json         plateau decisions, refreshes (rounds blended in)
     blend schedule                     state.json's `blend_schedule`, else blend_schedule.json, else
                                        the newest blend/schedule_round_K.json
-    reward_log.jsonl per round/kind    generators/round_K/KIND/ or rounds/round_K/generators/KIND/
+    reward_log.jsonl per round/kind    rounds/round_K/generators/KIND/ (paths: synpro_megatron.rundir)
     synthetic/manifest.json,           synthetic documents per round/kind (counts also from the
     synthetic/round_K/KIND.{idx,provenance.jsonl}   .idx header); example triples with rewards
     eval_mc.jsonl                      multiple-choice accuracies (`synpro eval`)
@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 from synpro_megatron.eval import plots
+from synpro_megatron.rundir import RunDir
 from synpro_megatron.eval.runlogs import (blend_mix, check_schedule_json, indexed_counts, is_number, load_run,
                                           loss_events, manifest_entries, numpy_window_lengths, read_json, read_jsonl,
                                           rewards_of, source_id, source_text, synthetic_text, valid_mc_record,
@@ -72,7 +73,7 @@ class ReportBuilder:
     def __init__(self, run_dir: str, baseline_dir: Optional[str] = None, out_dir: Optional[str] = None):
         self.run = load_run(run_dir, "synpro")
         self.base = load_run(baseline_dir, "repetition") if baseline_dir else None
-        self.out_dir = out_dir or os.path.join(run_dir, REPORT_DIR)
+        self.out_dir = out_dir or RunDir(run_dir).report_dir
         self.plots: List[str] = []
         self.notes: List[str] = []  # inputs that were missing or unreadable, per section
         self.gate_summary: Optional[float] = None
@@ -114,7 +115,7 @@ class ReportBuilder:
             p = st["blend_schedule"]
             cands.append(p if os.path.isabs(p) else self.run.path(p))
         cands.append(self.run.path("blend_schedule.json"))
-        rounds = glob.glob(self.run.path("blend", "schedule_round_*.json"))
+        rounds = glob.glob(RunDir(self.run.run_dir).blend_schedule("*"))
         cands += sorted(rounds, key=lambda p: -int(re.findall(r"(\d+)", os.path.basename(p))[-1]))
         return next((p for p in cands if os.path.exists(p)), None)
 
@@ -158,27 +159,20 @@ class ReportBuilder:
         return lines
 
     def reward_logs(self) -> "OrderedDict[str, Tuple[str, List[dict]]]":
-        """label -> (path, records) of every reward_log.jsonl under generators/ or rounds/ (the
-        trainer's own layout and the loop's); round from the nearest round_K folder, kind from the
-        generator folder's name."""
-        found = {}
-        for top in ("generators", "rounds"):
-            for p in sorted(glob.glob(self.run.path(top, "**", "reward_log.jsonl"), recursive=True)):
-                parts = os.path.relpath(p, self.run.run_dir).split(os.sep)
-                rounds = [int(m.group(1)) for m in (re.fullmatch(r"round_(\d+)", q) for q in parts) if m]
-                key = (rounds[-1] if rounds else 0, parts[-2])
-                found.setdefault(key, p)
+        """label -> (path, records) of the reward_log.jsonl of every generator trained in the run."""
         out = OrderedDict()
-        for (k, kind), p in sorted(found.items()):
-            out[f"round {k} {kind}"] = (p, read_jsonl(p))
-            self.run.read.append(p)
+        for k, kind, folder in RunDir(self.run.run_dir).generators():
+            p = os.path.join(folder, "reward_log.jsonl")
+            if os.path.exists(p):
+                out[f"round {k} {kind}"] = (p, read_jsonl(p))
+                self.run.read.append(p)
         return out
 
     def section_rl(self) -> List[str]:
         logs = self.reward_logs()
         if not logs:
-            raise SectionMissing(f"no reward_log.jsonl under {self.run.path('generators')} or "
-                                 f"{self.run.path('rounds')} (no generator was trained in this run)")
+            raise SectionMissing(f"no reward_log.jsonl under {self.run.path('rounds')} "
+                                 f"(no generator was trained in this run)")
         logs = OrderedDict((k, v) for k, v in logs.items() if v[1])
         if not logs:
             raise SectionMissing("reward logs exist but hold no records yet")
@@ -204,15 +198,10 @@ class ReportBuilder:
         return lines
 
     def provenance_files(self) -> List[Tuple[int, str, str]]:
-        out = []
-        for p in glob.glob(self.run.path("synthetic", "round_*", "*.provenance.jsonl")):
-            m = re.fullmatch(r"round_(\d+)", os.path.basename(os.path.dirname(p)))
-            if m:
-                out.append((int(m.group(1)), os.path.basename(p)[:-len(".provenance.jsonl")], p))
-        return sorted(out)
+        return RunDir(self.run.run_dir).synthetic_files(".provenance.jsonl")
 
     def section_synthetic(self) -> List[str]:
-        manifest_path = self.run.path("synthetic", "manifest.json")
+        manifest_path = RunDir(self.run.run_dir).manifest
         self.manifest = manifest_entries(read_json(manifest_path), manifest_path) if os.path.exists(manifest_path) else {}
         if self.manifest:
             self.run.read.append(manifest_path)
@@ -221,11 +210,10 @@ class ReportBuilder:
             prov[(k, kind)] = read_jsonl(p)
             self.run.read.append(p)
         indexed = {}
-        for p in sorted(glob.glob(self.run.path("synthetic", "round_*", "*.idx"))):
-            m = re.fullmatch(r"round_(\d+)", os.path.basename(os.path.dirname(p)))
+        for k, kind, p in RunDir(self.run.run_dir).synthetic_files(".idx"):
             counts = indexed_counts(p)
-            if m and counts is not None:
-                indexed[(int(m.group(1)), os.path.basename(p)[:-len(".idx")])] = counts
+            if counts is not None:
+                indexed[(k, kind)] = counts
                 self.run.read.append(p)
         if not self.manifest and not prov and not indexed:
             raise SectionMissing(f"no {manifest_path}, no synthetic/round_K/KIND.provenance.jsonl and no readable "
@@ -296,8 +284,8 @@ class ReportBuilder:
         prefixes = []
         if st.get("data"):
             prefixes.append(st["data"] if os.path.isabs(st["data"]) else self.run.path(st["data"]))
-        prefixes.append(self.run.path("data", "organic"))
-        cfg = self.run.path("pretrain_config.json")
+        prefixes.append(RunDir(self.run.run_dir).organic_prefix)
+        cfg = RunDir(self.run.run_dir).pretrain_config
         if os.path.exists(cfg):
             data = read_json(cfg).get("data")
             if data:
@@ -328,7 +316,7 @@ class ReportBuilder:
         """The synthetic document itself when provenance gives only its index in KIND.bin/.idx
         (what `synpro synthesize` writes), detokenised with the tokenizer the manifest names."""
         idx = next((rec[key] for key in ("synthetic_index", "index", "doc_index") if isinstance(rec.get(key), int)), None)
-        prefix = self.run.path("synthetic", f"round_{k}", kind)
+        prefix = RunDir(self.run.run_dir).synthetic_prefix(k, kind)
         if idx is None or not os.path.exists(prefix + ".idx"):
             return None
         try:
@@ -350,7 +338,7 @@ class ReportBuilder:
         for run in (self.run, self.base):
             if run is None:
                 continue
-            p = run.path("eval_mc.jsonl")
+            p = RunDir(run.run_dir).eval_mc
             if os.path.exists(p):
                 recs = [r for r in read_jsonl(p) if valid_mc_record(r)]
                 if recs:
@@ -362,7 +350,7 @@ class ReportBuilder:
             else:
                 run.missing.append(p)
         if not self.mc:
-            raise SectionMissing(f"no {self.run.path('eval_mc.jsonl')} (run `synpro eval --checkpoint RUN_DIR`)")
+            raise SectionMissing(f"no {RunDir(self.run.run_dir).eval_mc} (run `synpro eval --checkpoint RUN_DIR`)")
         lines = []
         if any(len(v) > 1 for v in self.mc.values()):
             lines += [self._plot("mc_accuracy.png", plots.plot_mc_accuracy, self.mc), ""]

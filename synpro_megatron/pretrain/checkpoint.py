@@ -15,6 +15,9 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from synpro_megatron.fsutil import atomic_write_text
+from synpro_megatron.rundir import RunDir
+
 
 _WRITER_MANAGER = None
 
@@ -45,11 +48,11 @@ def prepare_checkpoint_writer() -> None:
 
 
 def checkpoint_root(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints")
+    return RunDir(run_dir).checkpoints
 
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
-    return os.path.join(checkpoint_root(run_dir), f"iter_{step:07d}")
+    return RunDir(run_dir).checkpoint(step)
 
 
 def latest_checkpoint(run_dir_or_root: str) -> Optional[str]:
@@ -103,13 +106,8 @@ def save_checkpoint(run_dir: str, step: int, gpt_model, optimizer, scheduler, ex
     dist_checkpointing.save(_state(gpt_model, optimizer, scheduler, False, {"synpro": extra}), path)
     dist.barrier()
     if dist.get_rank() == 0:
-        marker = os.path.join(checkpoint_root(run_dir), "latest")
-        tmp = marker + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"{step}\n")
-        os.replace(tmp, marker)
-        with open(os.path.join(path, "synpro_state.json"), "w", encoding="utf-8") as f:
-            json.dump(extra, f, indent=1)
+        atomic_write_text(RunDir(run_dir).latest_file, f"{step}\n")
+        atomic_write_text(os.path.join(path, "synpro_state.json"), json.dumps(extra, indent=1))
     dist.barrier()
     return path
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from synpro_megatron.data.sampler import PretrainingSampler
+from synpro_megatron.rundir import RunDir
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEFAULT_REFERENCE = os.path.join(ASSETS, "reference_qa.jsonl")
@@ -62,7 +63,7 @@ def _with_blend(config, prefix):
 
 def build_train_dataset(cfg, tokenizer, num_samples: int, needs_data: bool):
     seq = cfg.model_config().seq_length
-    cache = os.path.join(cfg.run_dir, "cache")
+    cache = RunDir(cfg.run_dir).dataset_cache
     config = gpt_dataset_config(tokenizer, seq, cfg.seed, cache)
     if cfg.blend_schedule:
         from synpro_megatron.blending import build_blended_dataset

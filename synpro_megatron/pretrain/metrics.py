@@ -6,6 +6,8 @@ import math
 import os
 from typing import Iterator, Optional
 
+from synpro_megatron.rundir import RunDir
+
 # metrics.jsonl key -> TensorBoard tag (Megatron's names where it has one)
 _TB_TAGS = {
     "lm_loss": "lm loss",
@@ -18,7 +20,7 @@ _TB_TAGS = {
 
 
 def read_metrics(run_dir: str, kind: Optional[str] = None) -> Iterator[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = RunDir(run_dir).metrics
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
@@ -36,7 +38,7 @@ def read_metrics(run_dir: str, kind: Optional[str] = None) -> Iterator[dict]:
 class MetricsWriter:
     def __init__(self, run_dir: str, enabled: bool = True, truncate_after_step: int = 0):
         self.enabled = enabled
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = RunDir(run_dir).metrics
         self._tb = None
         if not enabled:
             return
@@ -47,7 +49,7 @@ class MetricsWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=truncate_after_step or None)
+            self._tb = SummaryWriter(RunDir(run_dir).tensorboard(), purge_step=truncate_after_step or None)
         except ImportError:
             self._tb = None
 

@@ -18,10 +18,12 @@ from typing import Dict, List
 import torch
 import torch.distributed as dist
 
+from synpro_megatron.fsutil import atomic_write_text
 from synpro_megatron.pretrain import checkpoint as ckpt
 from synpro_megatron.pretrain import data as pdata
 from synpro_megatron.pretrain.config import PretrainConfig
 from synpro_megatron.pretrain.metrics import MetricsWriter
+from synpro_megatron.rundir import RunDir
 
 
 # ----------------------------------------------------------------- distributed setup
@@ -225,8 +227,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     if rank == 0:
         os.makedirs(cfg.run_dir, exist_ok=True)
-        with open(os.path.join(cfg.run_dir, "pretrain_config.json"), "w", encoding="utf-8") as f:
-            f.write(cfg.to_json())
+        atomic_write_text(RunDir(cfg.run_dir).pretrain_config, cfg.to_json())
     dist.barrier()
 
     gpt, ddp, opt, sched, _ = build_model_and_optimizer(cfg, tokenizer.vocab_size)

@@ -1,0 +1,76 @@
+"""`synpro synthesize`."""
+from __future__ import annotations
+
+import json
+import sys
+
+from synpro_megatron.generators.prompts import KINDS
+
+
+def register_cli(sub) -> None:
+    s = sub.add_parser("synthesize", help="rewrite the organic pool with a generator into a synthetic round")
+    s.add_argument("--kind", choices=KINDS, required=True)
+    s.add_argument("--run-dir", required=True, help="the run root: outputs go to RUN_DIR/synthetic/round_K")
+    s.add_argument("--round", type=int, required=True)
+    s.add_argument("--generator", default=None,
+                   help="generator folder (default: RUN_DIR/rounds/round_K/generators/KIND when trained, "
+                        "else the offline SmolLM2)")
+    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses)")
+    s.add_argument("--doc-losses", default=None, help=".npy aligned with the sources, or jsonl {id, loss}")
+    s.add_argument("--source-jsonl", default=None,
+                   help="documents to rewrite (default: the run's prepared organic pool without its held-out "
+                        "documents; the packaged web sample only when the run has no prepared data)")
+    s.add_argument("--organic", default=None, help="prepared organic prefix (default: RUN_DIR/data/organic)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
+    s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
+    s.add_argument("--max-new-tokens", type=int, default=1024)
+    s.add_argument("--max-source-tokens", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--repetition-penalty", type=float, default=1.15)
+    s.add_argument("--candidates", type=int, default=1,
+                   help="samples per document piece; the best one passing the gate is kept")
+    s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
+                   help="prompts start with a worked example (default: as the generator was trained)")
+    s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
+    s.add_argument("--no-clean", action="store_true",
+                   help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
+    s.add_argument("--no-entry-filter", action="store_true",
+                   help="reformat: gate the entries as one block instead of keeping the faithful ones")
+    s.add_argument("--seed", type=int, default=1234)
+    s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
+    s.add_argument("--rank", type=int, default=None, help="this process's rank (default: RANK or SLURM_PROCID, else 0)")
+    s.add_argument("--world-size", type=int, default=None,
+                   help="number of synthesis processes (default: WORLD_SIZE or SLURM_NTASKS, else 1)")
+    s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
+    s.set_defaults(func=_synth_cli)
+
+
+def _error(e: Exception) -> int:
+    print(f"synpro synthesize: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _synth_cli(args) -> int:
+    from synpro_megatron.generators.backends import GeneratorLoadError
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.job import run_synthesis
+
+    cfg = SynthesisConfig(
+        kind=args.kind, run_dir=args.run_dir, round=args.round, generator=args.generator,
+        source_jsonl=args.source_jsonl, organic=args.organic, select=args.select, doc_losses=args.doc_losses,
+        limit=args.limit,
+        backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
+        filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
+        rank=args.rank, world_size=args.world_size)
+    try:
+        result = run_synthesis(cfg)
+    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:
+        return _error(e)
+    print(json.dumps({k: v for k, v in result.items() if k != "job"}, indent=1))
+    return 0
