@@ -481,7 +481,7 @@ def run_synthesis(cfg: SynthesisConfig, backend=None, fail_after_docs: Optional[
         fail_after_docs = int(os.environ[FAIL_AFTER_ENV])
     written = 0
     if pending:
-        from tqdm import tqdm
+        from synpro_megatron.progress import progress
 
         if backend is None:
             from synpro_megatron.generators.backends import make_backend
@@ -489,7 +489,7 @@ def run_synthesis(cfg: SynthesisConfig, backend=None, fail_after_docs: Optional[
             backend = make_backend(cfg.backend, cfg.generator)
         writer = _tensorboard(cfg, rank)
         total_docs = sum(len(d) for _, d in mine)
-        bar = tqdm(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
+        bar = progress(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
                    desc=f"synthesize {cfg.kind} r{cfg.round} rank {rank}", file=sys.stderr, disable=None)
         kept_total = 0
         try:

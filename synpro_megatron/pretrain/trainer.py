@@ -232,7 +232,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     gpt, ddp, opt, sched, _ = build_model_and_optimizer(cfg, tokenizer.vocab_size)
 
     step, consumed = 0, 0
-    resume_from = ckpt.latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    resume_from = ckpt.resume_checkpoint(cfg.run_dir, cfg.resume_from) if cfg.resume else None
     if resume_from:
         extra = ckpt.load_checkpoint(resume_from, gpt, opt, sched)
         step, consumed = int(extra["step"]), int(extra["consumed_samples"])
@@ -302,6 +302,6 @@ def _log_eval(metrics, ddp, eval_sets, cfg, seq, needs_data, step, consumed):
 def _progress(rank: int, step: int, total: int):
     if rank != 0:
         return None
-    from tqdm import tqdm
+    from synpro_megatron.progress import progress
 
-    return tqdm(total=total, initial=step, desc="pretrain", unit="step", file=sys.stderr, disable=None)
+    return progress(total=total, initial=step, desc="pretrain", unit="step", file=sys.stderr)

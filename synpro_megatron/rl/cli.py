@@ -65,7 +65,10 @@ def register_cli(sub) -> None:
                    help="reformat: gate the entries as one block instead of keeping the faithful ones")
     s.add_argument("--seed", type=int, default=1234)
     s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
-    s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
+    s.add_argument("--restart", action="store_true",
+                   help="start this round/kind over; its journal and outputs are moved aside (same as --overwrite)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="start this round/kind over; its journal and outputs are moved aside, never deleted")
     s.set_defaults(func=_synth_cli)
 
 
@@ -107,8 +110,24 @@ def _synth_cli(args) -> int:
         candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
     try:
+        if args.restart or args.overwrite:  # never delete an earlier round: move it aside
+            _move_round_aside(cfg)
         result = run_synthesis(cfg)
-    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:
+    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError, OSError) as e:
         return _error("synthesize", e)
     print(json.dumps({k: v for k, v in result.items() if k != "job"}, indent=1))
     return 0
+
+
+def _move_round_aside(cfg) -> None:
+    import os
+
+    from synpro_megatron.errors import move_aside_into
+    from synpro_megatron.generators.synthesize import round_dir, work_dir
+
+    base = os.path.join(round_dir(cfg.run_dir, cfg.round), cfg.kind)
+    paths = [str(work_dir(cfg))] + [base + ext for ext in (".bin", ".idx", ".provenance.jsonl", ".dropped.jsonl")]
+    moved = move_aside_into(paths, base)
+    if moved:
+        print(f"synpro synthesize: moved round {cfg.round} {cfg.kind} (journal and outputs) to {moved}",
+              file=sys.stderr, flush=True)
