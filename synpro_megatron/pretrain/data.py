@@ -60,33 +60,41 @@ def _with_blend(config, prefix):
     return dataclasses.replace(config, blend=([prefix], None))
 
 
+def check_inputs(cfg) -> None:
+    """Every dataset the run reads, checked (index against data, per file) before anything starts,
+    and every --synthetic source drawn by the blend schedule: a clear error naming the file."""
+    check_indexed_dataset(cfg.data)
+    check_indexed_dataset(cfg.data + "_heldout", "held-out split")
+    if not cfg.blend_schedule:
+        if cfg.synthetic:
+            raise ValueError(f"--synthetic {', '.join(cfg.synthetic)}: synthetic sources need a --blend-schedule "
+                             f"that says when to draw them")
+        return
+    from synpro_megatron.blending.schedule import BlendSchedule
+
+    schedule = BlendSchedule.load(cfg.blend_schedule)
+    drawn = [n for n in schedule.sources
+             if any(max(p.weights.get(n, 0), (p.end_weights or {}).get(n, 0)) > 0 for p in schedule.phases)]
+    for name, prefix in cfg.synthetic.items():
+        if name not in drawn:
+            raise ValueError(f"--synthetic {name}={prefix}: no phase of {cfg.blend_schedule} draws a source "
+                             f"{name!r} (the sources it draws: {', '.join(drawn)})")
+        check_indexed_dataset(prefix, f"synthetic source {name!r}:")
+        if os.path.getsize(prefix + ".bin") == 0:
+            raise ValueError(f"synthetic source {name!r} ({prefix}) has no documents; "
+                             f"leave it out of the blend schedule")
+
+
 def build_train_dataset(cfg, tokenizer, num_samples: int, needs_data: bool):
     seq = cfg.model_config().seq_length
     cache = os.path.join(cfg.run_dir, "cache")
     config = gpt_dataset_config(tokenizer, seq, cfg.seed, cache)
+    check_inputs(cfg)
     if cfg.blend_schedule:
         from synpro_megatron.blending import build_blended_dataset
 
-        from synpro_megatron.blending.schedule import BlendSchedule
-
-        schedule = BlendSchedule.load(cfg.blend_schedule)
-        sources = [n for n in schedule.sources
-                   if any(max(p.weights.get(n, 0), (p.end_weights or {}).get(n, 0)) > 0 for p in schedule.phases)]
-        check_indexed_dataset(cfg.data)
-        for name, prefix in cfg.synthetic.items():
-            if name not in sources:
-                raise ValueError(f"--synthetic {name}={prefix}: no phase of {cfg.blend_schedule} uses a source "
-                                 f"{name!r} (the sources it draws: {', '.join(sources)})")
-            check_indexed_dataset(prefix, f"synthetic source {name!r}:")
-            if os.path.getsize(prefix + ".bin") == 0:
-                raise ValueError(f"synthetic source {name!r} ({prefix}) has no documents; "
-                                 f"leave it out of the blend schedule")
-
         prefixes = {"organic": cfg.data, **cfg.synthetic}
         return build_blended_dataset(cfg.blend_schedule, prefixes, num_samples, config, needs_data)
-    if cfg.synthetic:
-        raise ValueError(f"--synthetic {', '.join(cfg.synthetic)}: synthetic sources need a --blend-schedule "
-                         f"that says when to draw them")
     return build_gpt_dataset(cfg.data, num_samples, config, needs_data)
 
 

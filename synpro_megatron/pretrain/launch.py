@@ -141,8 +141,11 @@ def guard_run_dir(cfg: PretrainConfig, overwrite: bool) -> None:
 def run(args, argv) -> int:
     try:
         cfg = config_from_args(args)
+        from synpro_megatron.pretrain.data import check_inputs
+
+        check_inputs(cfg)  # damaged or unused inputs fail here, before any process or model starts
         guard_run_dir(cfg, args.overwrite)
-    except (ValueError, UserError) as e:
+    except (ValueError, UserError, FileNotFoundError) as e:
         print(f"synpro pretrain: error: {e}", file=sys.stderr)
         return 2
     nproc = args.nproc_per_node or cfg.tp * cfg.pp

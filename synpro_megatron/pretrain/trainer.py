@@ -223,12 +223,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     needs_data = ps.is_pipeline_first_stage() or ps.is_pipeline_last_stage()
     tokenizer = load_tokenizer(cfg.tokenizer or meta.get("tokenizer"))
 
-    if rank == 0:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        with open(os.path.join(cfg.run_dir, "pretrain_config.json"), "w", encoding="utf-8") as f:
-            f.write(cfg.to_json())
-    dist.barrier()
-
     gpt, ddp, opt, sched, _ = build_model_and_optimizer(cfg, tokenizer.vocab_size)
 
     step, consumed = 0, 0
@@ -236,6 +230,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if resume_from:
         extra = ckpt.load_checkpoint(resume_from, gpt, opt, sched)
         step, consumed = int(extra["step"]), int(extra["consumed_samples"])
+
+    if rank == 0:  # after the resume load: a run that cannot start leaves the earlier config as it was
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        with open(os.path.join(cfg.run_dir, "pretrain_config.json"), "w", encoding="utf-8") as f:
+            f.write(cfg.to_json())
+    dist.barrier()
 
     total_samples = cfg.max_steps * cfg.global_batch
     stop_sample = min(total_samples, cfg.stop_at_sample or total_samples)
