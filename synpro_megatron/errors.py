@@ -151,12 +151,53 @@ class StderrTee:
         return "".join(self.text)
 
 
+class _FileTail(StderrTee):
+    """StderrTee over a log file the child writes itself: the child never depends on this process
+    (a preemption signal to the whole process group may end the launcher first; a child writing
+    into a pipe of a dead reader would then fail instead of checkpointing)."""
+
+    def __init__(self, log_path: str, sink: IO[str], finished: Callable[[], bool]):
+        self._finished = finished
+        self.log_path, self.text, self._quiet = log_path, [], False
+        self._thread = threading.Thread(target=self._pump, args=(None, sink), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream, sink):
+        partial = ""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            while True:
+                done = self._finished()  # read before the last pass, so nothing written before exit is missed
+                chunk = f.readline()
+                while chunk:
+                    partial += chunk
+                    if partial.endswith("\n"):
+                        self._line(partial, sink)
+                        partial = ""
+                    chunk = f.readline()
+                if done:
+                    break
+                time.sleep(0.1)
+        if partial:
+            self._line(partial, sink)
+
+    def _line(self, line, sink):
+        self.text.append(line)
+        if not self._quiet and (": error: " in line or line.startswith("Traceback")
+                                or "ChildFailedError" in line or "ERROR:torch.distributed" in line):
+            self._quiet = True
+        if not self._quiet:
+            sink.write(line)
+            sink.flush()
+
+
 def run_child(cmd: Sequence[str], command: str, log_path: str, env: Optional[dict] = None) -> int:
-    """Run `cmd` (stdout passes through); on failure print ONE line naming the error, then where
-    the child's full stderr is. Returns the child's exit code."""
+    """Run `cmd` (stdout passes through; stderr goes to `log_path` and is shown live until the first
+    sign of failure); on failure print ONE line naming the error, then where the full stderr is.
+    Returns the child's exit code."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    proc = subprocess.Popen(list(cmd), stderr=subprocess.PIPE, text=True, errors="replace", env=env)
-    tee = StderrTee(proc.stderr, sys.stderr, log_path)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(list(cmd), stderr=log, env=env)
+    tee = _FileTail(log_path, sys.stderr, lambda: proc.poll() is not None)
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

@@ -18,8 +18,9 @@ import torch.distributed as dist
 from synpro_megatron.errors import UserError
 
 
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be loaded, named, with the way forward."""
+class CheckpointError(UserError, ValueError, RuntimeError):
+    """A checkpoint that cannot be loaded, named, with the way forward (a ValueError and a
+    RuntimeError, so every command that loads checkpoints reports it as one line)."""
 
 
 _WRITER_MANAGER = None
