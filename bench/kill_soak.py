@@ -193,34 +193,53 @@ def _digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+# run-specific, not state: wall times, throughput, creation stamps
+VOLATILE = TIMING_FIELDS | {"created", "generated_tokens_per_s", "generation_seconds", "seconds", "reference_seconds"}
+
+
+def _normalised(value, run_dir):
+    """JSON with the run's own folder replaced by <RUN> and volatile fields left out."""
+    if isinstance(value, dict):
+        return {k: _normalised(v, run_dir) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_normalised(v, run_dir) for v in value]
+    if isinstance(value, str):
+        return value.replace(run_dir, "<RUN>")
+    return value
+
+
+def _content(path, run_dir):
+    if path.endswith(".jsonl"):
+        return [_normalised(r, run_dir) for r in _jsonl(path)]
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            return _normalised(json.load(f), run_dir)
+    return _digest(path)
+
+
 def compare(ref_dir, soak_dir) -> dict:
-    diffs = []
-
-    def same(name, a, b):
-        if a != b:
-            diffs.append(name)
-
-    with open(os.path.join(ref_dir, "state.json")) as f:
-        ref_state = json.load(f)
-    with open(os.path.join(soak_dir, "state.json")) as f:
-        soak_state = json.load(f)
-    same("state.json", ref_state, soak_state)
-    same("loop_log.jsonl", [_strip(r) for r in _jsonl(os.path.join(ref_dir, "loop_log.jsonl"))],
-         [_strip(r) for r in _jsonl(os.path.join(soak_dir, "loop_log.jsonl"))])
-    same("metrics.jsonl", _metrics_by_step(ref_dir), _metrics_by_step(soak_dir))
-    compared = ["state.json", "loop_log.jsonl", "metrics.jsonl"]
-    for sub in ("synthetic", "blend"):
+    """Every output of the loop but checkpoints' shards, logs and caches: state.json, the loop log,
+    the metrics, the probe's outputs, the trained generators (weights by sha256), the synthetic
+    rounds (.bin/.idx bytes, provenance, dropped outputs, journals' job files) and the blend."""
+    diffs, compared = [], []
+    ref_dir, soak_dir = os.path.abspath(ref_dir), os.path.abspath(soak_dir)
+    compared.append("metrics.jsonl (per step, later line wins)")
+    if _metrics_by_step(ref_dir) != _metrics_by_step(soak_dir):
+        diffs.append("metrics.jsonl")
+    wanted = [os.path.join(ref_dir, n) for n in ("state.json", "loop_log.jsonl")]
+    for sub in ("synthetic", "blend", "rounds"):
         for root, _, files in os.walk(os.path.join(ref_dir, sub)):
-            for name in sorted(files):
-                if not name.endswith((".bin", ".idx", ".json")) or ".tmp" in name:
-                    continue
-                rel = os.path.relpath(os.path.join(root, name), ref_dir)
-                other = os.path.join(soak_dir, rel)
-                compared.append(rel)
-                if not os.path.exists(other):
-                    diffs.append(f"{rel} (missing)")
-                else:
-                    same(rel, _digest(os.path.join(ref_dir, rel)), _digest(other))
+            wanted += [os.path.join(root, n) for n in sorted(files)
+                       if ".tmp" not in n and not n.startswith(".") and n.endswith(
+                           (".bin", ".idx", ".json", ".jsonl", ".safetensors"))]
+    for path in wanted:
+        rel = os.path.relpath(path, ref_dir)
+        other = os.path.join(soak_dir, rel)
+        compared.append(rel)
+        if not os.path.exists(other):
+            diffs.append(f"{rel} (missing)")
+        elif _content(path, ref_dir) != _content(other, soak_dir):
+            diffs.append(rel)
     return {"compared": compared, "differences": diffs}
 
 
@@ -232,6 +251,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     ap.add_argument("--budget-minutes", type=float, default=None, help="stop killing after this long")
     ap.add_argument("--reuse-reference", action="store_true", help="keep OUT/reference if it is complete")
+    ap.add_argument("--compare-only", action="store_true", help="only compare OUT/reference and OUT/soak again")
     args = ap.parse_args()
 
     out = os.path.abspath(args.out)
@@ -245,6 +265,16 @@ def main() -> int:
         cfgs[name] = os.path.join(out, f"{name}.json")
         with open(cfgs[name], "w") as f:
             json.dump(micro_config(pool, d), f, indent=1)
+
+    if args.compare_only:
+        with open(os.path.join(out, "result.json")) as f:
+            result = json.load(f)
+        result.update(compare(ref_dir, soak_dir))
+        result["survived"] = result["kills_done"] if not result["differences"] else 0
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        print(json.dumps({k: v for k, v in result.items() if k != "kills"}, indent=1))
+        return 0 if not result["differences"] else 1
 
     t0 = time.time()
     ref_info = os.path.join(out, "reference_timing.json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -198,13 +199,23 @@ def run_child(cmd: Sequence[str], command: str, log_path: str, env: Optional[dic
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(list(cmd), stderr=log, env=env)
     tee = _FileTail(log_path, sys.stderr, lambda: proc.poll() is not None)
+    # Preemption (SIGTERM/SIGUSR1) and Ctrl-C reach the whole process group: the child (torchrun)
+    # shuts its ranks down after their checkpoint. This process waits for that instead of dying
+    # first, so whoever waits on it (srun, a job script) sees the end of the checkpoint.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: None)
     try:
         rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     text = tee.join()
-    if rc != 0:
+    if rc == 143:  # the trainer's "stopped on SIGTERM/SIGUSR1 after its checkpoint": not an error
+        print(f"synpro {command}: stopped by a signal after checkpointing (exit code 143); "
+              f"rerun with --resume to continue", file=sys.stderr, flush=True)
+    elif rc != 0:
         line = error_line(text) or f"a process exited with code {rc}"
         if not line.startswith(f"synpro {command}: error: "):
             line = f"synpro {command}: error: {line}"
