@@ -197,7 +197,7 @@ def branch_from(synpro_dir: str, arm_dir: str, step: int) -> None:
 def blend_for(synpro_dir: str, arm_dir: str, loop_cfg, start_step: int, prefixes: Dict[str, str]) -> str:
     """The loop's round-1 schedule (same weights, same caps rule) over this arm's synthetic sets."""
     from synpro_megatron.loop.blend import epoch_caps, extend_schedule
-    from synpro_megatron.loop.layout import source_name
+    from synpro_megatron.rundir import source_name
 
     start = start_step * loop_cfg.train.global_batch
     kinds = list(prefixes)
@@ -228,7 +228,7 @@ def pretrain_arm(arm_dir: str, pcfg) -> None:
 
 def run_arms(seed_dir: str, data: Dict[str, str], cfg: BenchConfig, seed: int, arms) -> Dict[str, str]:
     from synpro_megatron.loop.config import LoopConfig
-    from synpro_megatron.loop.layout import source_name
+    from synpro_megatron.rundir import source_name
 
     synpro_dir = os.path.join(seed_dir, "synpro")
     cfg_path = os.path.join(seed_dir, "synpro_loop.json")

@@ -60,7 +60,7 @@ def test_inspect_reports_bad_schedule(tmp_path, capsys):
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["blend", "inspect", str(path)])
     assert args.func(args) == 2
-    assert "bad.json: phases[0].start" in capsys.readouterr().out
+    assert "bad.json: phases[0].start" in capsys.readouterr().err
 
 
 def test_inspect_is_registered_with_the_synpro_cli():

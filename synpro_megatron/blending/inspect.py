@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Optional
 
 import numpy
@@ -105,8 +106,11 @@ def inspect_schedule(path: str, num_samples: Optional[int] = None, window: Optio
 def _run(args: argparse.Namespace) -> int:
     try:
         print(inspect_schedule(args.schedule, args.num_samples, args.window, args.out))
-    except ScheduleError as e:
-        print(f"error: {e}")
+    except (ScheduleError, ValueError) as e:
+        print(f"synpro blend inspect: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing schedule, an unwritable --out
+        print(f"synpro blend inspect: error: {e.filename or args.schedule}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 import io
 import json
 import multiprocessing as mp
@@ -21,9 +22,9 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Tuple
 
-from tqdm import tqdm
-
 from synpro_megatron.data.indexed import AtomicIndexedDatasetWriter
+from synpro_megatron.errors import UserError, remove_stale_temp_files
+from synpro_megatron.progress import progress
 
 
 class CorpusError(ValueError):
@@ -32,6 +33,11 @@ class CorpusError(ValueError):
     def __init__(self, path: str, line: int, message: str):
         super().__init__(f"{path}:{line}: {message}")
         self.path, self.line, self.message = path, line, message
+
+    def __reduce__(self):
+        # pickled into pool workers (an error raised while pool.imap reads its input): the default
+        # pickling calls __init__ with the one formatted string and the worker dies, hanging imap
+        return (type(self), (self.path, self.line, self.message))
 
 
 @dataclass
@@ -56,21 +62,87 @@ class Record:
     text: str
 
 
+def _zstd_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed bytes of a (multi-frame) .zst file; raises EOFError when it ends inside a frame
+    (zstandard's stream reader just stops there, so a truncated file would pass as a short one)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    frame, in_frame = dctx.decompressobj(), False
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk_size)
+            if not data:
+                break
+            while data:
+                in_frame = True
+                out = frame.decompress(data)
+                if out:
+                    yield out
+                if frame.eof:  # next frame (if any) starts in unused_data
+                    data, frame, in_frame = frame.unused_data, dctx.decompressobj(), False
+                else:
+                    data = b""
+    if in_frame:
+        raise EOFError("zstd stream ends in the middle of a frame")
+
+
+def _lines_of_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
 def open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
-    if path.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
     return open(path, "rb")
 
 
-def _iter_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+def _raw_lines(path: str) -> Iterator[bytes]:
+    if path.endswith(".zst"):
+        yield from _lines_of_chunks(_zstd_chunks(path))
+        return
     with open_binary(path) as f:
-        reader = io.BufferedReader(f) if not isinstance(f, io.BufferedReader) else f
-        for lineno, raw in enumerate(reader, start=1):
+        yield from f
+
+
+def _read_failure(e: BaseException) -> str:
+    """What a damaged or unreadable input file looks like, in words."""
+    if isinstance(e, EOFError):
+        return f"the file is truncated ({e}); re-copy or re-compress it"
+    if isinstance(e, gzip.BadGzipFile):
+        return f"not a gzip file ({e}); rename it if it is plain JSONL"
+    if isinstance(e, PermissionError):
+        return "permission denied reading the file"
+    if isinstance(e, zlib.error):
+        return f"corrupt gzip data ({e})"
+    if isinstance(e, OSError):
+        return f"cannot read the file ({e.strerror or e})"
+    return f"corrupt zstd data ({e})"
+
+
+def _iter_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+    """(line number, raw line). A damaged or unreadable file raises CorpusError at the line where
+    reading stopped; --on-error skip never skips it (the rest of the file is lost, not one line)."""
+    try:
+        import zstandard
+
+        zstd_error: tuple = (zstandard.ZstdError,)
+    except ImportError:
+        zstd_error = ()
+    lineno = 0
+    try:
+        for raw in _raw_lines(path):
+            lineno += 1
             yield lineno, raw
+    except (EOFError, OSError, zlib.error) + zstd_error as e:
+        raise CorpusError(path, lineno + 1, _read_failure(e)) from None
 
 
 def parse_line(path: str, lineno: int, raw: bytes, text_field: str, id_field: str) -> Optional[Record]:
@@ -165,9 +237,14 @@ def prepare(cfg: PrepareConfig) -> dict:
 
     if not 0 <= cfg.held_out < 1:
         raise ValueError(f"--held-out must be in [0, 1), got {cfg.held_out}")
+    if cfg.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.train_tokenizer:  # the trained folder becomes this dataset's tokenizer (meta.json records it)
         cfg.tokenizer = train_bpe_tokenizer(cfg, f"{cfg.output}.tokenizer")
     tok = load_tokenizer(cfg.tokenizer)
+    # temporary files of earlier runs of this output that were killed (their PID is gone)
+    for path in remove_stale_temp_files(cfg.output):
+        print(f"synpro prepare: removed {path} (left by a killed run)", file=sys.stderr)
     errors: List[CorpusError] = []
     records = read_corpus(cfg.input, cfg.text_field, cfg.id_field, cfg.on_error, errors)
     if cfg.limit:
@@ -187,8 +264,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     try:
         with AtomicIndexedDatasetWriter(tmp, tok.vocab_size) as train_w, \
                 AtomicIndexedDatasetWriter(tmp + "_heldout", tok.vocab_size) as held_w, \
-                tqdm(desc=f"prepare {os.path.basename(cfg.input)}", unit="doc", file=sys.stderr,
-                     disable=None) as bar:
+                progress(desc=f"prepare {os.path.basename(cfg.input)}", unit="doc", every_n=10000) as bar:
             record_chunks = []
 
             def texts_of(chunks):
@@ -320,8 +396,12 @@ def _run_cli(args) -> int:
                         train_tokenizer=args.train_tokenizer)
     try:
         meta = prepare(cfg)
-    except (CorpusError, FileNotFoundError, ValueError) as e:
+    except (CorpusError, FileNotFoundError, ValueError, UserError) as e:
         print(f"synpro prepare: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a read-only output folder, a full disk
+        where = e.filename or cfg.output
+        print(f"synpro prepare: error: cannot write {where}: {e.strerror or e}", file=sys.stderr)
         return 2
     for s in meta["skipped"]:
         print(f"skipped {s}", file=sys.stderr)

@@ -150,9 +150,9 @@ def evaluate_multiple_choice(scorer, examples: Sequence[MCExample], batch_size: 
     contexts = [ctx for ex in examples for ctx, _ in ex.requests]
     continuations = [cont for ex in examples for _, cont in ex.requests]
     scores: List[float] = []
-    from tqdm import tqdm
+    from synpro_megatron.progress import progress as show_progress
 
-    with tqdm(total=len(contexts), desc="mc eval", unit="choice", disable=not progress or None) as bar:
+    with show_progress(total=len(contexts), desc="mc eval", unit="choice", disable=not progress) as bar:
         for lo in range(0, len(contexts), batch_size):
             got = list(scorer.loglik(contexts[lo:lo + batch_size], continuations[lo:lo + batch_size]))
             if len(got) != len(contexts[lo:lo + batch_size]):

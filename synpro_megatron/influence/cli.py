@@ -20,8 +20,6 @@ from synpro_megatron.rundir import RunDir
 
 def _doc_losses(probe, limit, batch_size):
     """Mean per-token loss of each organic training document (truncated to the model's window)."""
-    from tqdm import tqdm
-
     from synpro_megatron.data.indexed import read_documents
     from synpro_megatron.pretrain.inference import pad_batch, token_losses
 
@@ -37,7 +35,9 @@ def _doc_losses(probe, limit, batch_size):
     rows = []
     import torch
 
-    for i in tqdm(range(0, len(docs), batch_size), desc="document losses", file=sys.stderr, disable=None):
+    from synpro_megatron.progress import progress
+
+    for i in progress(range(0, len(docs), batch_size), desc="document losses", unit="batch", file=sys.stderr):
         chunk = docs[i:i + batch_size]
         batch, lengths = pad_batch(chunk, probe.tokenizer.eod)
         batch = batch.to(device)

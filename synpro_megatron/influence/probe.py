@@ -194,7 +194,7 @@ class InfluenceProbe:
     def _reference(self, use_cache: bool) -> Dict[str, dict]:
         path = self._cache_path()
         if use_cache and os.path.exists(path):
-            stored = torch.load(path, map_location="cpu")
+            stored = torch.load(path, map_location="cpu", weights_only=True)
             factors = {n: stored[n] for n in self.capture.layer_names}
         else:
             factors = self._factors(self._reference_weight_grads())

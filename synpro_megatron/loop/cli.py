@@ -7,6 +7,7 @@ Exit codes: 0 done (or --max-stages reached), 1 a stage failed, 2 bad config/sta
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -19,6 +20,9 @@ def register_cli(sub) -> None:
                    help="cli: the real stages; fake: the smoke payload (loop.smoke), stand-in outputs to smoke-test the loop and its "
                         "Slurm/preemption plumbing without training anything")
     p.add_argument("--status", action="store_true", help="print state.json and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: move the run dir's earlier run aside (never deleted); without it a "
+                        "rerun continues the run, and a run dir holding something else is refused")
     p.set_defaults(func=run_cli)
 
 
@@ -27,8 +31,16 @@ def run_cli(args) -> int:
     from .controller import Controller
     from .runner import Interrupted, StageFailed
 
+    from synpro_megatron.errors import UserError, guard_existing_output
+
     try:
         cfg = LoopConfig.load(args.config)
+        if not args.status:
+            other = _holds_other_run(args.run_dir)
+            guard_existing_output(
+                args.run_dir, other or args.overwrite and os.path.isdir(args.run_dir) and bool(os.listdir(args.run_dir)),
+                args.overwrite, "run", "checkpoints or metrics but no loop state.json (not a `synpro run` run dir)"
+                if other else "a loop run", "use another --run-dir" if other else None)
         if args.runner == "fake":
             from .smoke import SmokeRunner
 
@@ -36,7 +48,7 @@ def run_cli(args) -> int:
         else:
             runner = None
         ctl = Controller(cfg, args.run_dir, runner=runner, echo=lambda m: print(m, flush=True))
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, UserError) as e:
         print(f"synpro run: error: {e}", file=sys.stderr)
         return 2
     if args.status:
@@ -56,3 +68,11 @@ def run_cli(args) -> int:
     print(f"synpro run: stage {state.stage}, step {state.step}, {state.tokens} tokens, "
           f"{state.rounds_done} synthetic round(s)", flush=True)
     return 0
+
+
+def _holds_other_run(run_dir: str) -> bool:
+    """Checkpoints or metrics with no loop state: a `synpro pretrain` run (or another tool's), which
+    the loop would otherwise resume as if it were its own."""
+    if not os.path.isdir(run_dir) or os.path.exists(os.path.join(run_dir, "state.json")):
+        return False
+    return any(os.path.exists(os.path.join(run_dir, n)) for n in ("checkpoints", "metrics.jsonl"))

@@ -208,7 +208,7 @@ class Controller:
             raise StageFailed("pretrain", f"{self.layout.checkpoints}/latest is step {latest}, but the loop "
                                           f"already reached step {st.step}: checkpoints were removed?")
         if latest is None or latest < target:
-            self.runner.pretrain(self._pretrain_config(target * gb, resume=latest is not None), c.parallel,
+            self.runner.pretrain(self._pretrain_config(target * gb, resume=True), c.parallel,
                                  c.preempt_grace_s)
         end = self.layout.latest_step()
         if end is None or end < target:

@@ -28,6 +28,8 @@ import sys
 import threading
 from typing import List, Optional, Sequence
 
+from synpro_megatron.errors import StderrTee, error_line
+
 from .config import ParallelConfig
 
 
@@ -128,17 +130,20 @@ class SubprocessRunner(StageRunner, abc.ABC):
         with self._lock:
             if self._interrupted:
                 raise Interrupted(f"stage {stage} not started: interrupted")
-            self._proc = subprocess.Popen(cmd, env=env)
+            # stderr through a tee: shown live, and its error line becomes the stage's one-line error
+            self._proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+            tee = StderrTee(self._proc.stderr, sys.stderr, quiet_after_error=False)
             self._signal_children = signal_children
         try:
             rc = self._proc.wait()
         finally:
             with self._lock:
                 self._proc = None
+        reason = error_line(tee.join())
         if self._interrupted:
             raise Interrupted(f"stage {stage} stopped on a signal (exit code {rc}); rerun to continue")
         if rc != 0:
-            raise StageFailed(stage, f"command exited with code {rc}: {shlex.join(cmd)}")
+            raise StageFailed(stage, f"{reason + ' ' if reason else ''}(exit code {rc}; command: {shlex.join(cmd)})")
 
     def interrupt(self, signum: int) -> None:
         with self._lock:

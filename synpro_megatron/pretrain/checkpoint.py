@@ -17,6 +17,12 @@ import torch.distributed as dist
 
 from synpro_megatron.fsutil import atomic_write_text
 from synpro_megatron.rundir import RunDir
+from synpro_megatron.errors import UserError
+
+
+class CheckpointError(UserError, ValueError, RuntimeError):
+    """A checkpoint that cannot be loaded, named, with the way forward (a ValueError and a
+    RuntimeError, so every command that loads checkpoints reports it as one line)."""
 
 
 _WRITER_MANAGER = None
@@ -75,6 +81,56 @@ def latest_checkpoint(run_dir_or_root: str) -> Optional[str]:
     return path
 
 
+def _step_of(name: str) -> Optional[int]:
+    if name.startswith("iter_") and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
+def looks_complete(path: str) -> bool:
+    """Every file a finished save leaves (synpro_state.json is written after all ranks saved)."""
+    return all(os.path.exists(os.path.join(path, f)) for f in ("metadata.json", "common.pt", "synpro_state.json"))
+
+
+def complete_steps(run_dir: str) -> list:
+    """Steps of the checkpoints under run_dir that look complete, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return []
+    steps = [_step_of(n) for n in os.listdir(root)]
+    return sorted(s for s in steps if s is not None and looks_complete(checkpoint_dir(run_dir, s)))
+
+
+def way_forward(run_dir: str, below: Optional[int]) -> str:
+    """What to do instead of loading a damaged checkpoint: the previous complete one, or start over."""
+    earlier = [s for s in complete_steps(run_dir) if below is None or s < below]
+    if earlier:
+        return (f"the previous complete checkpoint is {checkpoint_dir(run_dir, earlier[-1])}: resume from it "
+                f"with --resume --resume-from {earlier[-1]}")
+    return "no earlier complete checkpoint: start over with --overwrite (the old run is moved aside)"
+
+
+def resume_checkpoint(run_dir: str, step: Optional[int] = None) -> Optional[str]:
+    """The checkpoint a `--resume` run loads: `step` when given (it must exist and look complete),
+    else the newest (`latest`). None when there is none. Never falls back silently to another."""
+    if step is None:
+        path = latest_checkpoint(run_dir)
+        if path is not None and not looks_complete(path):
+            raise CheckpointError(f"newest checkpoint {path} is incomplete (missing "
+                                  f"{', '.join(_missing(path))}); {way_forward(run_dir, _step_of(os.path.basename(path)))}")
+        return path
+    path = checkpoint_dir(run_dir, step)
+    if not os.path.isdir(path) or not looks_complete(path):
+        steps = complete_steps(run_dir)
+        raise CheckpointError(f"--resume-from {step}: {path} is {'incomplete' if os.path.isdir(path) else 'missing'}; "
+                              f"complete checkpoints: {', '.join(map(str, steps)) or 'none'}")
+    return path
+
+
+def _missing(path: str) -> list:
+    return [f for f in ("metadata.json", "common.pt", "synpro_state.json") if not os.path.exists(os.path.join(path, f))]
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint dir, a checkpoints/ root or a run dir -> the checkpoint dir to load."""
     if os.path.exists(os.path.join(path, "metadata.json")):
@@ -106,8 +162,9 @@ def save_checkpoint(run_dir: str, step: int, gpt_model, optimizer, scheduler, ex
     dist_checkpointing.save(_state(gpt_model, optimizer, scheduler, False, {"synpro": extra}), path)
     dist.barrier()
     if dist.get_rank() == 0:
-        atomic_write_text(RunDir(run_dir).latest_file, f"{step}\n")
+        # synpro_state.json first: `latest` never names a checkpoint that lacks it (looks_complete)
         atomic_write_text(os.path.join(path, "synpro_state.json"), json.dumps(extra, indent=1))
+        atomic_write_text(RunDir(run_dir).latest_file, f"{step}\n")
     dist.barrier()
     return path
 
@@ -119,8 +176,19 @@ def load_checkpoint(path: str, gpt_model, optimizer=None, scheduler=None) -> dic
     path = resolve_checkpoint(path)
     try:
         state = dist_checkpointing.load(_state(gpt_model, optimizer, scheduler, True, {}), path)
-    except Exception as e:  # noqa: BLE001 - re-raised naming the checkpoint
-        raise RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - torch's CheckpointException is a BaseException; re-raised in one line
+        cause = e
+        failures = getattr(e, "failures", None)  # torch's CheckpointException: rank -> (exception, traceback)
+        if isinstance(failures, dict) and failures:
+            first = next(iter(failures.values()))
+            cause = first[0] if isinstance(first, tuple) else first
+        reason = (str(cause).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(cause).__name__}: {reason}" if reason else type(cause).__name__
+        run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
+        raise CheckpointError(f"checkpoint {path} is damaged or unreadable ({reason}); "
+                              f"{way_forward(run_dir, _step_of(os.path.basename(path)))}") from None
     gpt_model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -90,6 +90,7 @@ class PretrainConfig:
     reference_max_docs: int = 256
     save_interval: int = 50
     resume: bool = False
+    resume_from: Optional[int] = None  # with resume: this step's checkpoint instead of the newest
     log_interval: int = 1
 
     # blending: a BlendSchedule JSON/YAML over "organic" and synthetic sources (see synpro_megatron.blending)

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from synpro_megatron.data.indexed import check_indexed_dataset
 from synpro_megatron.data.sampler import PretrainingSampler
 from synpro_megatron.rundir import RunDir
 
@@ -49,8 +50,7 @@ def build_gpt_dataset(prefix: str, num_samples: int, config, needs_data: bool):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset
 
-    if not os.path.exists(prefix + ".idx"):
-        raise FileNotFoundError(f"dataset {prefix}.idx not found (run `synpro prepare` first)")
+    check_indexed_dataset(prefix)
     cfg = _with_blend(config, prefix)
     return BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: needs_data, cfg).build()[0]
 
@@ -61,19 +61,38 @@ def _with_blend(config, prefix):
     return dataclasses.replace(config, blend=([prefix], None))
 
 
+def check_inputs(cfg) -> None:
+    """Every dataset the run reads, checked (index against data, per file) before anything starts,
+    and every --synthetic source drawn by the blend schedule: a clear error naming the file."""
+    check_indexed_dataset(cfg.data)
+    check_indexed_dataset(cfg.data + "_heldout", "held-out split")
+    if not cfg.blend_schedule:
+        if cfg.synthetic:
+            raise ValueError(f"--synthetic {', '.join(cfg.synthetic)}: synthetic sources need a --blend-schedule "
+                             f"that says when to draw them")
+        return
+    from synpro_megatron.blending.schedule import BlendSchedule
+
+    schedule = BlendSchedule.load(cfg.blend_schedule)
+    drawn = [n for n in schedule.sources
+             if any(max(p.weights.get(n, 0), (p.end_weights or {}).get(n, 0)) > 0 for p in schedule.phases)]
+    for name, prefix in cfg.synthetic.items():
+        if name not in drawn:
+            raise ValueError(f"--synthetic {name}={prefix}: no phase of {cfg.blend_schedule} draws a source "
+                             f"{name!r} (the sources it draws: {', '.join(drawn)})")
+        check_indexed_dataset(prefix, f"synthetic source {name!r}:")
+        if os.path.getsize(prefix + ".bin") == 0:
+            raise ValueError(f"synthetic source {name!r} ({prefix}) has no documents; "
+                             f"leave it out of the blend schedule")
+
+
 def build_train_dataset(cfg, tokenizer, num_samples: int, needs_data: bool):
     seq = cfg.model_config().seq_length
     cache = RunDir(cfg.run_dir).dataset_cache
     config = gpt_dataset_config(tokenizer, seq, cfg.seed, cache)
+    check_inputs(cfg)
     if cfg.blend_schedule:
         from synpro_megatron.blending import build_blended_dataset
-
-        for name, prefix in cfg.synthetic.items():
-            if not os.path.exists(prefix + ".idx"):
-                raise FileNotFoundError(f"synthetic source {name!r}: {prefix}.idx not found")
-            if os.path.getsize(prefix + ".bin") == 0:
-                raise ValueError(f"synthetic source {name!r} ({prefix}) has no documents; "
-                                 f"leave it out of the blend schedule")
 
         prefixes = {"organic": cfg.data, **cfg.synthetic}
         return build_blended_dataset(cfg.blend_schedule, prefixes, num_samples, config, needs_data)
@@ -119,8 +138,7 @@ def heldout_windows(prefix: str, seq_length: int, max_windows: int):
     from synpro_megatron.data.indexed import read_documents
 
     held = prefix + "_heldout"
-    if not os.path.exists(held + ".idx"):
-        raise FileNotFoundError(f"held-out split {held}.idx not found (written by `synpro prepare`)")
+    check_indexed_dataset(held, "held-out split")
     return pack_windows([d.tolist() for d in read_documents(held)], seq_length, max_windows)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
+import time
 
+from synpro_megatron.errors import UserError, guard_existing_output, run_child
 from synpro_megatron.pretrain.config import MODEL_CONFIGS, PretrainConfig
 
 
@@ -44,6 +45,10 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-field", default="text")
     p.add_argument("--save-interval", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoints/latest")
+    p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="continue from this step's checkpoint (implies --resume)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run dir that holds a run: the old one is moved aside, never deleted")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--blend-schedule", default=None, help="BlendSchedule JSON/YAML over organic + synthetic sources")
     p.add_argument("--synthetic", action="append", default=[], metavar="NAME=PREFIX",
@@ -63,7 +68,8 @@ def config_from_args(args) -> PretrainConfig:
         "seq_length", "tokenizer", "tp", "pp", "micro_batch", "global_batch", "max_steps", "lr", "min_lr",
         "lr_warmup_steps", "lr_decay_style", "weight_decay", "clip_grad", "seed", "dropout", "bf16",
         "eval_interval", "eval_iters", "reference", "reference_field", "save_interval", "resume",
-        "blend_schedule", "stop_at_sample")}
+        "resume_from", "blend_schedule", "stop_at_sample")}
+    fields["resume"] = fields["resume"] or fields["resume_from"] is not None
     return PretrainConfig(**fields, synthetic=synthetic)
 
 
@@ -73,7 +79,7 @@ def config_to_args(cfg: PretrainConfig) -> list:
     add_pretrain_args(parser)
     args = []
     for action in parser._actions:  # noqa: SLF001 - argparse has no public list of actions
-        if not action.option_strings or action.dest in ("help", "nproc_per_node"):
+        if not action.option_strings or action.dest in ("help", "nproc_per_node", "overwrite"):
             continue
         flag = action.option_strings[0]
         if action.dest == "synthetic":
@@ -108,22 +114,56 @@ def main(argv=None) -> int:
     return run(args, sys.argv[1:] if argv is None else list(argv))
 
 
+def holds_a_run(run_dir: str) -> bool:
+    """Anything a rerun without --resume would lose: checkpoints or logged metrics."""
+    from synpro_megatron.pretrain.checkpoint import checkpoint_root
+
+    root = checkpoint_root(run_dir)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    return ((os.path.isdir(root) and any(n == "latest" or n.startswith("iter_") for n in os.listdir(root)))
+            or (os.path.exists(metrics) and os.path.getsize(metrics) > 0))
+
+
+def guard_run_dir(cfg: PretrainConfig, overwrite: bool) -> None:
+    """A fresh run (no --resume) never writes over an earlier one: refuse, or move it aside."""
+    if cfg.resume:  # the checkpoint to resume from must be there and complete (checked before any model)
+        from synpro_megatron.pretrain.checkpoint import resume_checkpoint
+
+        resume_checkpoint(cfg.run_dir, cfg.resume_from)
+        return
+    if os.environ.get("RANK", "0") != "0" and overwrite:
+        return  # another rank moves the old run aside
+    guard_existing_output(cfg.run_dir, holds_a_run(cfg.run_dir), overwrite, "pretrain",
+                          "a pretraining run (checkpoints or metrics.jsonl)",
+                          "rerun with --resume to continue it (--resume-from STEP for an older checkpoint)")
+
+
 def run(args, argv) -> int:
     try:
         cfg = config_from_args(args)
-    except ValueError as e:
+        from synpro_megatron.pretrain.data import check_inputs
+
+        check_inputs(cfg)  # damaged or unused inputs fail here, before any process or model starts
+        guard_run_dir(cfg, args.overwrite)
+    except (ValueError, UserError, FileNotFoundError) as e:
         print(f"synpro pretrain: error: {e}", file=sys.stderr)
         return 2
     nproc = args.nproc_per_node or cfg.tp * cfg.pp
     if not _under_torchrun() and nproc > 1:
-        argv = [a for a in argv if a != "pretrain"]
-        return subprocess.call(torchrun_command(nproc, argv))
+        try:  # a layout that cannot work fails here, not in every rank after startup
+            cfg.validate(nproc)
+        except ValueError as e:
+            print(f"synpro pretrain: error: {e} (--nproc-per-node {nproc})", file=sys.stderr)
+            return 2
+        argv = [a for a in argv if a not in ("pretrain", "--overwrite")]  # the old run is aside already
+        log = os.path.join(cfg.run_dir, "logs", f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}.stderr")
+        return run_child(torchrun_command(nproc, argv), "pretrain", log)
     from synpro_megatron.pretrain.trainer import destroy_distributed, pretrain
 
     try:
         cfg.validate(int(os.environ.get("WORLD_SIZE", 1)))
         summary = pretrain(cfg)
-    except (ValueError, FileNotFoundError) as e:  # bad config or inputs: one clear line, no traceback
+    except (ValueError, FileNotFoundError, UserError) as e:  # bad config or inputs: one clear line, no traceback
         print(f"synpro pretrain: error: {e}", file=sys.stderr)
         return 2
     finally:

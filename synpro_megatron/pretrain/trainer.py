@@ -225,18 +225,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
     needs_data = ps.is_pipeline_first_stage() or ps.is_pipeline_last_stage()
     tokenizer = load_tokenizer(cfg.tokenizer or meta.get("tokenizer"))
 
-    if rank == 0:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        atomic_write_text(RunDir(cfg.run_dir).pretrain_config, cfg.to_json())
-    dist.barrier()
-
     gpt, ddp, opt, sched, _ = build_model_and_optimizer(cfg, tokenizer.vocab_size)
 
     step, consumed = 0, 0
-    resume_from = ckpt.latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    resume_from = ckpt.resume_checkpoint(cfg.run_dir, cfg.resume_from) if cfg.resume else None
     if resume_from:
         extra = ckpt.load_checkpoint(resume_from, gpt, opt, sched)
         step, consumed = int(extra["step"]), int(extra["consumed_samples"])
+
+    if rank == 0:  # after the resume load: a run that cannot start leaves the earlier config as it was
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        atomic_write_text(RunDir(cfg.run_dir).pretrain_config, cfg.to_json())
+    dist.barrier()
 
     total_samples = cfg.max_steps * cfg.global_batch
     stop_sample = min(total_samples, cfg.stop_at_sample or total_samples)
@@ -303,6 +303,6 @@ def _log_eval(metrics, ddp, eval_sets, cfg, seq, needs_data, step, consumed):
 def _progress(rank: int, step: int, total: int):
     if rank != 0:
         return None
-    from tqdm import tqdm
+    from synpro_megatron.progress import progress
 
-    return tqdm(total=total, initial=step, desc="pretrain", unit="step", file=sys.stderr, disable=None)
+    return progress(total=total, initial=step, desc="pretrain", unit="step", file=sys.stderr)

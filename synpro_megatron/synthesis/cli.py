@@ -44,7 +44,10 @@ def register_cli(sub) -> None:
     s.add_argument("--rank", type=int, default=None, help="this process's rank (default: RANK or SLURM_PROCID, else 0)")
     s.add_argument("--world-size", type=int, default=None,
                    help="number of synthesis processes (default: WORLD_SIZE or SLURM_NTASKS, else 1)")
-    s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
+    s.add_argument("--restart", action="store_true",
+                   help="start this round/kind over; its journal and outputs are moved aside (same as --overwrite)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="start this round/kind over; its journal and outputs are moved aside, never deleted")
     s.set_defaults(func=_synth_cli)
 
 
@@ -69,8 +72,24 @@ def _synth_cli(args) -> int:
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
         rank=args.rank, world_size=args.world_size)
     try:
+        if args.restart or args.overwrite:  # never delete an earlier round: move it aside
+            _move_round_aside(cfg)
         result = run_synthesis(cfg)
-    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:
+    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError, OSError) as e:
         return _error(e)
     print(json.dumps({k: v for k, v in result.items() if k != "job"}, indent=1))
     return 0
+
+
+def _move_round_aside(cfg) -> None:
+    from synpro_megatron.errors import move_aside_into
+    from synpro_megatron.rundir import RunDir
+
+    run = RunDir(cfg.run_dir)
+    base = run.synthetic_prefix(cfg.round, cfg.kind)
+    paths = [run.synthesis_work_dir(cfg.round, cfg.kind)] + [
+        base + ext for ext in (".bin", ".idx", ".provenance.jsonl", ".dropped.jsonl")]
+    moved = move_aside_into(paths, base)
+    if moved:
+        print(f"synpro synthesize: moved round {cfg.round} {cfg.kind} (journal and outputs) to {moved}",
+              file=sys.stderr, flush=True)

@@ -159,7 +159,7 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
 
     written = 0
     if pending:
-        from tqdm import tqdm
+        from synpro_megatron.progress import progress
 
         if backend is None:
             from synpro_megatron.generators.backends import make_backend
@@ -167,8 +167,8 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
             backend = make_backend(cfg.backend, cfg.generator)
         writer = _tensorboard(cfg, rank)
         total_docs = sum(len(d) for _, d in mine)
-        bar = tqdm(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
-                   desc=f"synthesize {cfg.kind} r{cfg.round} rank {rank}", file=sys.stderr, disable=None)
+        bar = progress(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
+                       desc=f"synthesize {cfg.kind} r{cfg.round} rank {rank}", file=sys.stderr, disable=None)
         kept_total = 0
         try:
             for b, docs in pending:
