@@ -23,6 +23,7 @@ import torch
 
 from synpro_megatron.blending.indices import build_blend_indices, realized_counts
 from synpro_megatron.blending.schedule import BlendSchedule
+from synpro_megatron.data.indexed import check_indexed_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -295,10 +296,8 @@ def build_source_datasets(
         built_here = not distributed or is_built_on_rank()
         low_level, indices = None, None
         if built_here:
-            # TODO(issue 12): call its .bin/.idx size check here once it lands.
-            for suffix in ((".bin", ".idx") if not is_object_storage_prefix(prefix) else ()):
-                if not os.path.isfile(prefix + suffix):
-                    raise FileNotFoundError(f"source {name!r}: {prefix + suffix} not found")
+            if not is_object_storage_prefix(prefix):  # a damaged .idx/.bin is named here, not at step 1
+                check_indexed_dataset(prefix, f"source {name!r}")
             low_level = dataset_cls.build_low_level_dataset(prefix, config)
             num_elements = dataset_cls.numel_low_level_dataset(low_level)
             beg = int(round(bounds[name][0] * float(num_elements)))
