@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
+from synpro_megatron.influence.exact import ExactGradientCapture
 from synpro_megatron.influence.hooks import GradientCapture
 from synpro_megatron.influence.projections import layer_projections
 from synpro_megatron.pretrain.inference import load_for_inference, pad_batch
@@ -75,7 +76,8 @@ class InfluenceProbe:
             self.reference_texts = list(reference_set)[:max_ref_docs]
         if not self.reference_texts:
             raise ValueError("the reference set is empty")
-        self.capture = GradientCapture(self.model, k_in=k, k_out=k, seed=seed, mode=mode, backend=backend)
+        capture_cls = ExactGradientCapture if mode == "exact" else GradientCapture
+        self.capture = capture_cls(self.model, k_in=k, k_out=k, seed=seed, backend=backend)
         self._source_cache: Dict[str, float] = {}
         self._ref = self._reference(cache)
 

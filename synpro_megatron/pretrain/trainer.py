@@ -68,6 +68,10 @@ def destroy_distributed() -> None:
         ps.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if not torch.cuda.is_available():  # leave the process as init_distributed found it
+        from synpro_megatron.pretrain.cpu_compat import disable_cpu_mode
+
+        disable_cpu_mode()
 
 
 # ----------------------------------------------------------------- model + optimizer
