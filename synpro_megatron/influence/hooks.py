@@ -186,6 +186,7 @@ class GradientCapture:
             raise ValueError("loss_scale must be non-zero")
         self.k_in, self.k_out, self.seed = k_in, k_out, seed
         self._score_ref: dict[str, torch.Tensor] | None = None
+        self.active = True  # False: the hooks let forwards/backwards pass untouched
         self.backend, self.deterministic, self.loss_scale = backend, deterministic, loss_scale
         self.projection_dtype = projection_dtype
         self._cu: torch.Tensor | None = None
@@ -275,6 +276,8 @@ class GradientCapture:
     def _forward_hook(self, name: str):
         def hook(module, args, kwargs, output):
             out = output[0] if isinstance(output, tuple) else output
+            if not self.active:
+                return
             if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad):
                 return  # no backward will come (eval / no_grad forward)
             x = args[0] if args else kwargs.get("input_", kwargs.get("input"))
