@@ -173,7 +173,10 @@ def _tile_plan(cu: torch.Tensor, n_tokens: int, block_t: int):
 def _default_blocks(n_tokens: int, d_max: int, k_max: int):
     if INTERPRET:
         # The interpreter costs ~0.1 ms per tl op per program: few, big tiles are fastest.
-        return min(128, _pow2_at_least_16(n_tokens)), min(256, _pow2_at_least_16(d_max)), 4
+        # Blocks up to Triton's 2^20-element limit (a (BLOCK_T, BLOCK_D) tile): a vocabulary-sized
+        # d_out (~50k) then takes ~12 iterations instead of ~200.
+        bt = min(256, _pow2_at_least_16(n_tokens))
+        return bt, min(4096, (1 << 20) // bt, _pow2_at_least_16(d_max)), 4
     # GPU (compiled for sm_80/sm_90 ahead of time; not yet tuned on a device): u and v are
     # 2 * BLOCK_T * K fp32 values on chip; k=128 needs smaller tiles to stay under ~99 KB of shared
     # memory (consumer GPUs), k <= 64 uses ~48 KB at 64 x 64 tiles.

@@ -443,7 +443,12 @@ def run_synthesis(cfg: SynthesisConfig, backend=None, fail_after_docs: Optional[
     losses = _load_losses(cfg.doc_losses, pool) if cfg.doc_losses else None
     if cfg.limit is not None:
         pool, losses = pool[:cfg.limit], (losses[:cfg.limit] if losses is not None else None)
-    selected = select_documents(pool, cfg.select, losses)
+    if cfg.select.startswith("valuation:"):  # scores pretraining stored (influence/valuation.py)
+        from synpro_megatron.influence.valuation import select_source_documents
+
+        selected = select_source_documents(pool, cfg.select, cfg.run_dir)
+    else:
+        selected = select_documents(pool, cfg.select, losses)
     generator = _generator_name(cfg, backend)
     if cfg.few_shot is None:
         cfg = dataclasses.replace(cfg, few_shot=trained_with_few_shot(generator))

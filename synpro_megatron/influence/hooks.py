@@ -272,6 +272,18 @@ class GradientCapture:
                               local_out.to(self.projection_dtype).contiguous())
         self._proj_cache = {k: v for k, v in self._proj_cache.items() if k[0] != name}
 
+    def set_local_projections(self, name: str, p_in: torch.Tensor, p_out: torch.Tensor) -> None:
+        """Use factors given directly for this rank's shard (k_in, local d_in) / (k_out, local d_out),
+        e.g. the singular vectors of the rank's own shard of a reference gradient."""
+        L = self._layers[name]
+        d_in, d_out = sum(n for _, n in L.in_ranges), sum(n for _, n in L.out_ranges)
+        if p_in.shape[1] != d_in or p_out.shape[1] != d_out:
+            raise ValueError(f"{name}: local factors must be (k_in, {d_in}) and (k_out, {d_out}), "
+                             f"got {tuple(p_in.shape)} and {tuple(p_out.shape)}")
+        self._custom[name] = (p_in.to(self.projection_dtype).contiguous(),
+                              p_out.to(self.projection_dtype).contiguous())
+        self._proj_cache = {k: v for k, v in self._proj_cache.items() if k[0] != name}
+
     # ------------------------------------------------------------------------------------- hooks
     def _forward_hook(self, name: str):
         def hook(module, args, kwargs, output):

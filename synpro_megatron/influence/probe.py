@@ -138,6 +138,40 @@ class InfluenceProbe:
                                     num_microbatches=1, seq_length=tokens.shape[1],
                                     micro_batch_size=tokens.shape[0], forward_only=False)
 
+    def backward_texts(self, texts: Sequence[str], weights: Optional[Sequence[float]] = None) -> None:
+        """Accumulate into the weights' .grad the gradient of  sum_i w_i * mean-token-loss(text_i)
+        (w_i = 1), packed like ``score``; the hooks are off. For validation against real steps."""
+        docs = self._tokenize(texts)
+        w = list(weights) if weights is not None else [1.0] * len(docs)
+        rows = self._rows(docs)
+        self.capture.active = False
+        try:
+            for r0 in range(0, len(rows), self.batch_size):
+                batch = pack_documents(docs, self.max_len, self.tokenizer.eod, rows=rows[r0:r0 + self.batch_size])
+                self._backward(batch, [w[d] if d >= 0 else 0.0 for d in batch.doc_of_segment])
+        finally:
+            self.capture.active = True
+            self.capture.reset()
+
+    def reference_loss(self) -> float:
+        """The loss whose drop ``score`` predicts: the mean over reference documents of their mean
+        per-token loss (whole documents, windows as in ``_reference_pieces``). PP=1."""
+        pieces, weights = self._reference_pieces()
+        rows = self._rows(pieces)
+        total = 0.0
+        with torch.no_grad():
+            for r0 in range(0, len(rows), self.batch_size):
+                b = pack_documents(pieces, self.max_len, self.tokenizer.eod, rows=rows[r0:r0 + self.batch_size])
+                dev = next(self.model.parameters()).device
+                mask = b.attention_mask.to(dev) if self.packing else None
+                per_token = self.model(b.tokens.to(dev), b.position_ids.to(dev), mask, labels=b.labels.to(dev))
+                per_token = per_token.double().cpu() * b.loss_mask.double()
+                for k, d in enumerate(b.doc_of_segment):
+                    if d >= 0:
+                        lo, hi = int(b.cu_seqlens[k]), int(b.cu_seqlens[k + 1])
+                        total += weights[d] * per_token.reshape(-1)[lo:hi].sum().item() / (hi - lo)
+        return total
+
     def _zero_param_grads(self) -> None:
         for p in self.model.parameters():
             p.grad = None

@@ -87,6 +87,8 @@ def pretrain_cli_args(cfg) -> List[str]:
         a += ["--synthetic", f"{name}={prefix}"]
     if cfg.stop_at_sample is not None:
         a += ["--stop-at-sample", str(cfg.stop_at_sample)]
+    if cfg.value_documents:
+        a.append("--value-documents")
     return a
 
 

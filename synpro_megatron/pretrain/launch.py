@@ -49,6 +49,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="append", default=[], metavar="NAME=PREFIX",
                    help="a synthetic source of the blend schedule (repeatable)")
     p.add_argument("--stop-at-sample", type=int, default=None)
+    p.add_argument("--value-documents", action="store_true",
+                   help="score every training document's influence and loss inside the step -> RUN_DIR/valuation")
 
 
 def config_from_args(args) -> PretrainConfig:
@@ -63,7 +65,7 @@ def config_from_args(args) -> PretrainConfig:
         "seq_length", "tokenizer", "tp", "pp", "micro_batch", "global_batch", "max_steps", "lr", "min_lr",
         "lr_warmup_steps", "lr_decay_style", "weight_decay", "clip_grad", "seed", "dropout", "bf16",
         "eval_interval", "eval_iters", "reference", "reference_field", "save_interval", "resume",
-        "blend_schedule", "stop_at_sample")}
+        "blend_schedule", "stop_at_sample", "value_documents")}
     return PretrainConfig(**fields, synthetic=synthetic)
 
 

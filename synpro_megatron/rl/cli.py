@@ -41,7 +41,8 @@ def register_cli(sub) -> None:
     s.add_argument("--generator", default=None, help="trained generator folder (default: offline SmolLM2)")
     s.add_argument("--round", type=int, required=True)
     s.add_argument("--run-dir", required=True)
-    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses)")
+    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses) | valuation:not-absorbed:FRACTION "
+                   "(scores from `synpro pretrain --value-documents` in RUN_DIR/valuation)")
     s.add_argument("--doc-losses", default=None, help=".npy aligned with the sources, or jsonl {id, loss}")
     s.add_argument("--source-jsonl", default=None,
                    help="documents to rewrite (default: the prepared corpus of the run, else the packaged web sample)")
