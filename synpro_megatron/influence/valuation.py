@@ -138,10 +138,11 @@ class DocumentValuation:
         refs = {}
         for name, G in zip(self.capture.layer_names, grads):
             dist.all_reduce(G, group=self.dp_group)
-            U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
-            r = min(self.k, S.numel())
-            self.capture.set_local_projections(name, Vh[:r].float().contiguous(), U[:, :r].T.float().contiguous())
-            refs[name] = torch.diag(S[:r]).float()
+            p_in, p_out = top_singular_factors(G, self.k)
+            self.capture.set_local_projections(name, p_in, p_out)
+            # R = P_out G P_in^T exactly (diag(σ) up to the randomized SVD's error): the score is
+            # then exactly <G_doc, G_ref projected onto the two subspaces>.
+            refs[name] = (p_out.double() @ G.double() @ p_in.double().T).float()
         self.capture.set_score_reference(refs)
         self.capture.active = True
 
@@ -162,15 +163,21 @@ class DocumentValuation:
                     seg_src.append(src)
                     seg_doc.append(doc)
                     seg_len.append(n)
-            cu = torch.zeros(len(seg_len) + 1, dtype=torch.int64)
-            cu[1:] = torch.cumsum(torch.tensor(seg_len), 0)
-            n_tok = float(batch["loss_mask"].sum())
-            # Megatron divides a 3-tuple loss by the micro-batch's tokens and by num_microbatches.
-            scale = 1.0 / (max(n_tok, 1.0) * self.num_microbatches)
-            if self.capture.active:
-                self.capture.set_documents(cu, loss_scale=scale)
-                self._pending.append((seg_src, seg_doc, cu, batch["loss_mask"].reshape(-1).clone()))
+            self.announce(batch, seg_src, seg_doc, seg_len)
             yield batch
+
+    def announce(self, batch: Dict[str, torch.Tensor], seg_src: List[int], seg_doc: List[int],
+                 seg_len: List[int]) -> None:
+        """The next forward is this micro-batch, made of these segments (packed (row, position)
+        order; doc -1 = padding): give the hooks its cu_seqlens and loss scale."""
+        cu = torch.zeros(len(seg_len) + 1, dtype=torch.int64)
+        cu[1:] = torch.cumsum(torch.tensor(seg_len), 0)
+        n_tok = float(batch["loss_mask"].sum())
+        # Megatron divides a 3-tuple loss by the micro-batch's tokens and by num_microbatches.
+        scale = 1.0 / (max(n_tok, 1.0) * self.num_microbatches)
+        if self.capture.active:
+            self.capture.set_documents(cu, loss_scale=scale)
+            self._pending.append((seg_src, seg_doc, cu, batch["loss_mask"].reshape(-1).clone()))
 
     def _on_loss(self, module, args, output) -> None:
         if self.capture.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor):
@@ -240,6 +247,29 @@ def attach_valuation(cfg, gpt, dataset, step: int, num_microbatches: int, refere
     valuation = DocumentValuation(gpt, cfg, dataset, sources, resume_step=step, num_microbatches=num_microbatches)
     valuation.refresh(reference_batches)
     return valuation
+
+
+def top_singular_factors(G: torch.Tensor, k: int):
+    """(P_in, P_out): G's top-k right / left singular vectors as rows, (k, d_in) and (k, d_out).
+
+    A full SVD of the output layer's (vocab x hidden) gradient costs minutes on a CPU, so large
+    matrices use a randomized range finder (Halko et al.) with a fixed seed and 4 power iterations:
+    reference gradients have fast-decaying spectra, where it recovers the top-k subspace closely.
+    """
+    r = min(k, *G.shape)
+    if min(G.shape) <= 2 * k + 8 or G.numel() <= 1 << 18:
+        U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+        return Vh[:r].float().contiguous(), U[:, :r].T.float().contiguous()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    Gd = G.double()
+    omega = torch.randn(G.shape[1], r + 8, generator=gen, dtype=torch.float64).to(G.device)
+    Q, _ = torch.linalg.qr(Gd @ omega)
+    for _ in range(4):
+        Q, _ = torch.linalg.qr(Gd.T @ Q)
+        Q, _ = torch.linalg.qr(Gd @ Q)
+    Ub, _, Vh = torch.linalg.svd(Q.T @ Gd, full_matrices=False)
+    U = Q @ Ub
+    return Vh[:r].float().contiguous(), U[:, :r].T.float().contiguous()
 
 
 def _dev(t: torch.Tensor) -> torch.Tensor:
