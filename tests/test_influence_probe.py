@@ -214,3 +214,17 @@ def test_packed_scoring_runs_on_the_kernel_and_equals_one_text_per_row(probes):
     assert kernels.CALLS["triton"] - before["triton"] == backwards * len(projected.capture.layer_names)
     assert kernels.CALLS["reference"] == before["reference"]
     assert torch.allclose(on_kernel, packed, rtol=1e-4, atol=1e-6 * packed.abs().max().item())
+
+
+def test_default_lr_is_the_checkpoints_scheduled_lr(checkpoint):
+    """The score's step size is the lr the trainer used right after the checkpoint, not the peak lr."""
+    from synpro_megatron.influence.optimizer_state import checkpoint_lr
+    from synpro_megatron.pretrain.inference import run_config_for_checkpoint
+
+    run_dir = os.path.dirname(os.path.dirname(checkpoint))
+    logged = {r["step"]: r["lr"] for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl")))
+              if r.get("kind") == "train"}
+    cfg = run_config_for_checkpoint(checkpoint)
+    for step in (1, 3, 6):  # the trainer logs the lr after its scheduler step
+        assert checkpoint_lr(cfg, step) == pytest.approx(logged[step], rel=1e-9)
+    assert len({round(v, 12) for v in logged.values()}) > 2 and logged[6] < cfg.lr

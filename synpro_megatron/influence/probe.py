@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from synpro_megatron.influence.exact import ExactGradientCapture
 from synpro_megatron.influence.hooks import GradientCapture
+from synpro_megatron.influence.optimizer_state import adam_preconditioners, checkpoint_lr
 from synpro_megatron.influence.reference_sample import sample_reference
 from synpro_megatron.influence.packing import PackedBatch, pack_documents, pack_rows, split_long
 from synpro_megatron.influence.projections import layer_projections
@@ -46,6 +47,7 @@ from synpro_megatron.pretrain.model import have_transformer_engine
 
 DEFAULT_K = 32
 PROJECTIONS = ("reference", "random")
+OPTIMIZERS = ("sgd", "adam")  # the step the score models: plain SGD, or Adam's preconditioned step
 
 
 def _rank_ranges(module, rank: int, size: int, local: int):
@@ -61,7 +63,7 @@ class InfluenceProbe:
                  mode: str = "project", max_ref_docs: int = 64, max_len: Optional[int] = None,
                  batch_size: int = 4, reference_field: str = "text", tp: int = 1, pp: int = 1,
                  cache: bool = True, backend: str = "auto", packing: bool = True,
-                 reference_seed: int = 0):
+                 reference_seed: int = 0, optimizer: str = "sgd"):
         if mode not in ("project", "exact"):
             raise ValueError(f"mode must be 'project' or 'exact', got {mode!r}")
         if projection not in PROJECTIONS:
@@ -69,7 +71,13 @@ class InfluenceProbe:
         self.loaded = load_for_inference(checkpoint, tp=tp, pp=pp)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.mode, self.projection, self.k, self.seed = mode, projection, k, seed
-        self.lr = lr if lr is not None else self.loaded.config.lr
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if optimizer == "adam" and (tp, pp) != (1, 1):
+            raise NotImplementedError("optimizer='adam' reads the Adam state at TP=1, PP=1 only")
+        self.optimizer = optimizer
+        # The learning rate of the step after the checkpoint (schedule at its step), not the peak lr.
+        self.lr = lr if lr is not None else checkpoint_lr(self.loaded.config, self.loaded.step)
         self.max_len = max_len or self.loaded.config.model_config().seq_length
         self.batch_size = batch_size
         if reference_set is None or isinstance(reference_set, str):
@@ -234,6 +242,9 @@ class InfluenceProbe:
         self.capture.reset()
         grads = {name: self._full_weight_grad(layer).cpu() for name, layer in self._layers()}
         self._zero_param_grads()
+        if self.optimizer == "adam":  # fold Adam's preconditioner into the reference (optimizer_state.py)
+            precond = adam_preconditioners(self.loaded.checkpoint, list(grads), self.tokenizer.vocab_size)
+            grads = {n: G * precond[n] for n, G in grads.items()}
         return grads
 
     def _factors(self, grads: Dict[str, torch.Tensor]) -> Dict[str, dict]:
@@ -254,7 +265,7 @@ class InfluenceProbe:
 
     def _cache_path(self) -> str:
         key = json.dumps([self.reference_texts, self.k, self.seed, self.max_len, self.mode, self.projection,
-                          self.capture.layer_names], sort_keys=True)
+                          self.capture.layer_names, self.optimizer], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return os.path.join(self.loaded.checkpoint, "influence", f"reference_{digest}.pt")
 
