@@ -18,7 +18,15 @@ Projections (`projection=`):
     against 0.4-0.85 for random factors of the same size).
   * "random": Gaussian factors drawn from (seed, layer name, shard offset) (projections.py): a
     reference-agnostic sketch whose per-document Ĝ_x can be stored and compared with any reference.
-`mode="exact"` computes the unprojected first-order score  lr · Σ_layers Σ_t g_t^T G_ref x_t.
+`mode="exact"` computes the unprojected first-order score  lr · Σ_layers Σ_t g_t^T G_ref x_t
+(``ExactGradientCapture``, off the capture hot path).
+
+Packing: texts are packed many to a row (``packing.py``: document-block causal attention, positions
+restarting per document) and the kernel returns one score per document from the rows' cu_seqlens.
+lr: by default the learning rate the checkpoint's schedule gives for the next step. The reference
+set: a seeded sample stratified over the file's tasks (``reference_sample.py``), whole documents.
+``optimizer="adam"`` folds the checkpoint's Adam preconditioner into G_ref (``optimizer_state.py``);
+SGD stays the default (it tracked real AdamW steps better, bench/RESULTS.md).
 
 Layout independence: G_ref comes from one ordinary backward pass, each TP-sharded weight gradient
 is gathered to the full (d_out, d_in) matrix, projections are sliced back to each rank's shard,
