@@ -68,11 +68,12 @@ def main():
     p.add_argument("--configs", nargs="+", default=["400m", "1b"] if gpu else ["tiny"])
     p.add_argument("--tp", nargs="+", type=int, default=[1, 2])
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="prepare only the first N documents (faster)")
     args = p.parse_args()
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
     with tempfile.TemporaryDirectory() as work:
         corpus = os.path.join(work, "organic")
-        prepare(PrepareConfig(input=DEFAULT_WEB_SAMPLE, output=corpus, held_out=0.02, workers=2))
+        prepare(PrepareConfig(input=DEFAULT_WEB_SAMPLE, output=corpus, held_out=0.02, workers=2, limit=args.limit))
         rows = [run(corpus, c, tp, args.steps, work, gpu) for c in args.configs for tp in args.tp]
     print(f"device: {device}")
     print(f"{'config':>6} {'tp':>3} {'procs':>5} {'seq':>5} {'gbs':>4} {'tokens/s':>10} {'MFU':>7}")

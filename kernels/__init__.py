@@ -6,7 +6,10 @@ Installed as ``synpro_megatron.kernels`` (setup.py ``package_dir``); never impor
 ``sum_{t in b} (p_out g_t)(p_in x_t)^T`` = ``p_out G_b p_in^T`` with G_b the document's weight
 gradient, without ever materialising G_b. ``backend`` picks the implementation:
 
-* ``"auto"``: Triton when it is importable and the tensors are on CUDA, else the reference op;
+* ``"auto"``: on CUDA with Triton importable, whichever of the kernel and the reference op is faster
+  for this shape (timed once per (dtype, d_in, d_out, k_in, k_out, token-count bucket), then
+  cached: where the kernel does not beat the reference op on a card, auto does not use it);
+  elsewhere the reference op;
 * ``"triton"``: the fused kernel; on CPU tensors only under the Triton interpreter
   (``TRITON_INTERPRET=1`` set before the kernel module is first imported, as tests/conftest.py does);
 * ``"reference"``: the plain-PyTorch op in ``reference.py`` that defines the semantics.
@@ -32,6 +35,7 @@ __all__ = [
     "per_sample_score_reference",
     "materialized_per_sample_projection",
     "triton_available",
+    "CALLS",
 ]
 
 BACKENDS = ("auto", "triton", "reference")
@@ -42,12 +46,39 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# (dtype, d_in, d_out, k_in, k_out, log2 token bucket, score?) -> the faster backend on this device
+_AUTO_CHOICE: dict[tuple, str] = {}
+# Counts of calls per backend actually run (tests assert the kernel is on a path, not assume it).
+CALLS = {"triton": 0, "reference": 0}
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up (Triton compiles here)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def _auto_pick(x, g, p_in, p_out, run, score: bool) -> str:
+    n = x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[1]
+    key = (x.dtype, x.shape[-1], g.shape[-1], p_in.shape[0], p_out.shape[0], max(n, 1).bit_length(), score)
+    if key not in _AUTO_CHOICE:
+        times = {b: _timed(lambda b=b: run(b)) for b in ("triton", "reference")}
+        _AUTO_CHOICE[key] = min(times, key=times.get)
+    return _AUTO_CHOICE[key]
+
+
 def _resolve_backend(backend: str, x) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     on_cuda = isinstance(x, torch.Tensor) and x.is_cuda
     if backend == "auto":
-        return "triton" if on_cuda and triton_available() else "reference"
+        return "auto" if on_cuda and triton_available() else "reference"
     if backend == "triton" and not triton_available():
         raise RuntimeError("backend='triton' requested but the triton package is not installed")
     return backend
@@ -67,11 +98,18 @@ def per_sample_projection(x, g, cu_seqlens, p_in, p_out, *, backend: str = "auto
         deterministic: Triton only. True: per-(tile, document) partials summed in a fixed order,
             bit-reproducible. False: atomic_add into the output (faster, run-to-run rounding noise).
     """
-    if _resolve_backend(backend, x) == "reference":
-        return per_sample_projection_reference(x, g, cu_seqlens, p_in, p_out)
-    from .triton_projection import per_sample_projection_triton
+    def run(b):
+        CALLS[b] += 1
+        if b == "reference":
+            return per_sample_projection_reference(x, g, cu_seqlens, p_in, p_out)
+        from .triton_projection import per_sample_projection_triton
 
-    return per_sample_projection_triton(x, g, cu_seqlens, p_in, p_out, deterministic=deterministic)
+        return per_sample_projection_triton(x, g, cu_seqlens, p_in, p_out, deterministic=deterministic)
+
+    chosen = _resolve_backend(backend, x)
+    if chosen == "auto":
+        chosen = _auto_pick(x, g, p_in, p_out, run, score=False)
+    return run(chosen)
 
 
 def per_sample_score(x, g, cu_seqlens, p_in, p_out, g_ref_proj, *, backend: str = "auto",
@@ -81,9 +119,16 @@ def per_sample_score(x, g, cu_seqlens, p_in, p_out, g_ref_proj, *, backend: str 
     ``g_ref_proj`` is a (k_out, k_in) projected reference gradient (same p_in/p_out). Computed as
     ``sum_t v_t^T R u_t`` so no per-document k_out x k_in matrix is written.
     """
-    if _resolve_backend(backend, x) == "reference":
-        return per_sample_score_reference(x, g, cu_seqlens, p_in, p_out, g_ref_proj)
-    from .triton_projection import per_sample_score_triton
+    def run(b):
+        CALLS[b] += 1
+        if b == "reference":
+            return per_sample_score_reference(x, g, cu_seqlens, p_in, p_out, g_ref_proj)
+        from .triton_projection import per_sample_score_triton
 
-    return per_sample_score_triton(x, g, cu_seqlens, p_in, p_out, g_ref_proj,
-                                   deterministic=deterministic)
+        return per_sample_score_triton(x, g, cu_seqlens, p_in, p_out, g_ref_proj,
+                                       deterministic=deterministic)
+
+    chosen = _resolve_backend(backend, x)
+    if chosen == "auto":
+        chosen = _auto_pick(x, g, p_in, p_out, run, score=True)
+    return run(chosen)

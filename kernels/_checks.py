@@ -55,23 +55,42 @@ def check_cu_seqlens(cu_seqlens, n_tokens: int, device: torch.device) -> torch.T
     return cu
 
 
+def _check_tokens(name: str, t) -> None:
+    """Token tensors are (N, d) packed tokens or Megatron's (s, b, d) activations (read in place)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 3:
+        _check_matrix(name, t[0] if t.shape[0] else t.new_zeros(0, t.shape[-1]))
+    elif isinstance(t, torch.Tensor) and t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, d) or 3-D (s, b, d), got shape {tuple(t.shape)}")
+    else:
+        _check_matrix(name, t)
+
+
+def token_count(t: torch.Tensor) -> int:
+    """Packed tokens in (N, d) or (s, b, d): N, or b * s (documents index the (b, s) order)."""
+    return t.shape[0] if t.dim() == 2 else t.shape[0] * t.shape[1]
+
+
 def check_projection_inputs(x, g, cu_seqlens, p_in, p_out) -> torch.Tensor:
-    """Validate the arguments of per_sample_projection; return cu_seqlens as CPU int64."""
-    _check_matrix("x", x)
-    _check_matrix("g", g)
+    """Validate the arguments of per_sample_projection; return cu_seqlens as CPU int64.
+
+    x and g are either both (N, d) or both (s, b, d) with the same s and b; in the second case token
+    n of the packed order is [n % s, n // s] (batch row after batch row), as Megatron lays out rows.
+    """
+    _check_tokens("x", x)
+    _check_tokens("g", g)
     _check_matrix("p_in", p_in)
     _check_matrix("p_out", p_out)
-    if x.shape[0] != g.shape[0]:
+    if x.dim() != g.dim() or x.shape[:-1] != g.shape[:-1]:
         raise ValueError(
-            f"x and g must hold the same tokens: x has {x.shape[0]} rows, g has {g.shape[0]}"
+            f"x and g must hold the same tokens: x is {tuple(x.shape)}, g is {tuple(g.shape)}"
         )
-    if p_in.shape[1] != x.shape[1]:
+    if p_in.shape[1] != x.shape[-1]:
         raise ValueError(
-            f"p_in must be (k_in, d_in) with d_in = x.shape[1] = {x.shape[1]}, got {tuple(p_in.shape)}"
+            f"p_in must be (k_in, d_in) with d_in = x.shape[-1] = {x.shape[-1]}, got {tuple(p_in.shape)}"
         )
-    if p_out.shape[1] != g.shape[1]:
+    if p_out.shape[1] != g.shape[-1]:
         raise ValueError(
-            f"p_out must be (k_out, d_out) with d_out = g.shape[1] = {g.shape[1]}, "
+            f"p_out must be (k_out, d_out) with d_out = g.shape[-1] = {g.shape[-1]}, "
             f"got {tuple(p_out.shape)}"
         )
     if p_in.shape[0] < 1 or p_out.shape[0] < 1:
@@ -79,7 +98,7 @@ def check_projection_inputs(x, g, cu_seqlens, p_in, p_out) -> torch.Tensor:
     for name, t in (("g", g), ("p_in", p_in), ("p_out", p_out)):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; all must match")
-    return check_cu_seqlens(cu_seqlens, x.shape[0], x.device)
+    return check_cu_seqlens(cu_seqlens, token_count(x), x.device)
 
 
 def check_score_inputs(x, g, cu_seqlens, p_in, p_out, g_ref_proj) -> torch.Tensor:

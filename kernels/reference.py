@@ -58,10 +58,22 @@ def per_sample_projection_reference(x, g, cu_seqlens, p_in, p_out) -> torch.Tens
     return _projection_reference(x, g, check_projection_inputs(x, g, cu_seqlens, p_in, p_out), p_in, p_out)
 
 
+def _packed(t: torch.Tensor) -> torch.Tensor:
+    """(N, k) in packed (b, s) token order from (N, k) or (s, b, k); k is small, so the copy is too."""
+    return t if t.dim() == 2 else t.transpose(0, 1).reshape(-1, t.shape[-1])
+
+
+def _project_tokens(x, g, p_in, p_out):
+    # Project first, reorder after: the (s, b, d) activations are read in place, only the
+    # (s, b, k) projections are reordered into packed token order.
+    u = _packed(F.linear(x.float(), p_in.float()))  # (N, k_in): fp32 projections of the inputs
+    v = _packed(F.linear(g.float(), p_out.float()))  # (N, k_out): of the output-gradients
+    return u, v
+
+
 def _projection_reference(x, g, cu, p_in, p_out) -> torch.Tensor:
     """Body of the reference op; ``cu`` is the validated CPU int64 cu_seqlens."""
-    u = F.linear(x.float(), p_in.float())  # (N, k_in): fp32 projections of the layer inputs
-    v = F.linear(g.float(), p_out.float())  # (N, k_out): fp32 projections of the output-gradients
+    u, v = _project_tokens(x, g, p_in, p_out)
     return _segmented_vtu(v, u, cu)
 
 
@@ -75,8 +87,7 @@ def per_sample_score_reference(x, g, cu_seqlens, p_in, p_out, g_ref_proj) -> tor
 
 
 def _score_reference(x, g, cu, p_in, p_out, g_ref_proj) -> torch.Tensor:
-    u = F.linear(x.float(), p_in.float())
-    v = F.linear(g.float(), p_out.float())
+    u, v = _project_tokens(x, g, p_in, p_out)
     per_token = ((v @ g_ref_proj.float()) * u).sum(dim=1)
     # Segmented sum by differences of a float64 prefix sum: deterministic on every device (unlike
     # index_add_ on CUDA) and float64 keeps the cancellation error far below fp32 resolution.
@@ -96,7 +107,7 @@ def materialized_per_sample_projection(
     """
     cu = check_projection_inputs(x, g, cu_seqlens, p_in, p_out)
     n_docs = cu.numel() - 1
-    xd, gd = x.to(dtype), g.to(dtype)
+    xd, gd = _packed(x).to(dtype), _packed(g).to(dtype)
     pin, pout = p_in.to(dtype), p_out.to(dtype)
     out = torch.zeros(n_docs, p_out.shape[0], p_in.shape[0], dtype=dtype, device=x.device)
     for b in range(n_docs):

@@ -3,6 +3,7 @@
 The oracle for every hook test: run each document on its own through the same weights, take the
 layer's weight gradient G_b from autograd and project it, P_out G_b P_in^T (float64).
 """
+import contextlib
 import tempfile
 
 import pytest
@@ -169,8 +170,7 @@ def test_rows_as_documents_microbatches_and_loss_scale():
     x1, t1 = torch.randn(3, 4, 8), torch.randn(3, 4, 5)  # (b, s, d): 3 documents of 4 tokens
     x2, t2 = torch.randn(2, 4, 8), torch.randn(2, 4, 5)
     cap = GradientCapture(model, k_in=4, k_out=3)
-    with pytest.raises(RuntimeError, match="needs mode='exact'"):
-        cap.exact_scores({})
+    assert not hasattr(cap, "exact_scores")  # exact scoring lives in influence/exact.py
     loss = per_token_loss(model(x1), t1).sum() + per_token_loss(model(x2), t2).sum()
     with pytest.raises(RuntimeError, match="run backward"):
         cap.results()
@@ -209,13 +209,15 @@ def test_exact_mode_and_projected_scores():
     cu = cu_of(lengths)
     ref_grads = {"up": torch.randn(20, 9), "down": torch.randn(6, 20)}
 
-    with GradientCapture(model, mode="exact") as cap:
+    from synpro_megatron.influence.exact import ExactGradientCapture
+
+    with ExactGradientCapture(model) as cap:
         cap.set_documents(cu)
         per_token_loss(model(x), target).sum().backward()
         exact = cap.exact_scores(ref_grads)
         with pytest.raises(ValueError, match="reference gradient must be"):
             cap.exact_scores({"up": torch.randn(9, 20)})
-        with pytest.raises(RuntimeError, match="mode='project'"):
+        with pytest.raises(RuntimeError, match="use exact_scores"):
             cap.results()
     # oracle: per-document full gradients, inner product with G_ref
     ref = TokenMLP(9, 20, 6).double()
@@ -250,10 +252,10 @@ def megatron_tp1():
     """One-process gloo group + TP=1/PP=1 megatron state, on the CPU compatibility shims."""
     from megatron.core import parallel_state as ps
 
-    from synpro_megatron.pretrain.cpu_compat import cpu_model_parallel_seed, enable_cpu_mode
+    from synpro_megatron.pretrain.cpu_compat import cpu_mode, cpu_model_parallel_seed
 
-    if not torch.cuda.is_available():
-        enable_cpu_mode()
+    scope = contextlib.nullcontext() if torch.cuda.is_available() else cpu_mode()
+    scope.__enter__()  # left at teardown: later tests must not run under the CUDA->CPU mode
     created_pg = not dist.is_initialized()
     if created_pg:
         store = tempfile.NamedTemporaryFile(prefix="synpro_gloo_", delete=False).name
@@ -267,6 +269,7 @@ def megatron_tp1():
         ps.destroy_model_parallel()
     if created_pg:
         dist.destroy_process_group()
+    scope.__exit__(None, None, None)
 
 
 def test_megatron_column_row_tp1(megatron_tp1):
@@ -344,3 +347,21 @@ def test_megatron_gpt_tp1_rows_as_documents(megatron_tp1):
             G = model.get_submodule(name).weight.grad.double()
             want = p_out.double() @ G @ p_in.double().T
             assert rel_err(res[name][row], want) <= 1e-4, (name, row)
+
+
+def test_cpu_mode_is_scoped():
+    """cpu_mode() patches only inside its block: nothing leaks into later tests (issue 11)."""
+    if torch.cuda.is_available():
+        pytest.skip("cpu_compat is for machines without CUDA")
+    from synpro_megatron.pretrain import cpu_compat
+
+    before = torch.cuda.current_device
+    was_enabled = cpu_compat.cpu_mode_enabled()
+    with cpu_compat.cpu_mode():
+        assert torch.zeros(2, device="cuda").device.type == "cpu"  # CUDA requests go to the CPU
+        assert cpu_compat.cpu_mode_enabled()
+    assert cpu_compat.cpu_mode_enabled() == was_enabled
+    if not was_enabled:
+        assert torch.cuda.current_device is before
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.zeros(2, device="cuda")

@@ -25,6 +25,11 @@ def web_texts(start, n):
     return docs[start:start + n]
 
 
+def short_texts(start, n):
+    """Web texts cut to a few dozen tokens of different lengths, as GRPO completions are."""
+    return [t[:90 + 45 * i] for i, t in enumerate(web_texts(start, n))]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("influence")
@@ -65,14 +70,7 @@ def test_projected_score_tracks_exact_first_order_score(probes):
 
 
 def _reference_loss(probe):
-    from synpro_megatron.pretrain.inference import pad_batch, token_losses
-
-    docs = probe._tokenize(probe.reference_texts)
-    batch, lengths = pad_batch(docs, probe.tokenizer.eod)
-    with torch.no_grad():
-        losses = token_losses(probe.model, batch[:, :-1], batch[:, 1:])
-    per_doc = [losses[i, : n - 1].mean() for i, n in enumerate(lengths)]
-    return torch.stack(per_doc).double().mean().item()
+    return probe.reference_loss()
 
 
 def test_exact_score_predicts_one_sgd_step(probes):
@@ -87,8 +85,7 @@ def test_exact_score_predicts_one_sgd_step(probes):
     for text in texts:
         saved = [w.detach().clone() for w in weights]
         exact._zero_param_grads()
-        exact._backward(exact._tokenize([text]))
-        exact.capture.reset()
+        exact.backward_texts([text])
         with torch.no_grad():
             for w in weights:
                 w -= exact.lr * w.grad
@@ -128,7 +125,11 @@ LAYOUT_SCRIPT = textwrap.dedent("""
         if name == "exact" and tp > 1:
             kw["mode"] = "exact"
         probe = InfluenceProbe(ckpt, max_ref_docs=12, lr=1e-3, tp=tp, pp=pp, cache=False, **kw)
+        assert probe.packing
         result[name] = probe.score(texts).tolist()
+        if name == "reference":  # the old layout: one text per row, padded
+            probe.packing = False
+            result["reference_rows"] = probe.score(texts).tolist()
         probe.close()
     if torch.distributed.get_rank() == 0:
         json.dump(result, open(out, "w"))
@@ -138,7 +139,7 @@ LAYOUT_SCRIPT = textwrap.dedent("""
 def test_scores_do_not_depend_on_the_parallel_layout(checkpoint, tmp_path):
     script = tmp_path / "score.py"
     script.write_text(LAYOUT_SCRIPT)
-    texts = json.dumps(web_texts(400, 6))
+    texts = json.dumps(short_texts(400, 6))  # several per packed row
     results = {}
     for tp, pp in ((1, 1), (2, 1), (1, 2)):
         out = tmp_path / f"tp{tp}pp{pp}.json"
@@ -149,6 +150,9 @@ def test_scores_do_not_depend_on_the_parallel_layout(checkpoint, tmp_path):
         assert proc.returncode == 0, proc.stderr[-4000:]
         results[(tp, pp)] = json.load(open(out))
     base = results[(1, 1)]
+    for layout, res in results.items():  # packed == one text per row, at every layout
+        a, b = torch.tensor(res["reference"]), torch.tensor(res["reference_rows"])
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (layout, a, b)
     for layout, res in results.items():
         for kind in ("reference", "random", "exact"):
             a, b = torch.tensor(res[kind]), torch.tensor(base[kind])
@@ -181,3 +185,46 @@ def test_probe_cli_writes_factors_and_document_losses(checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "synpro_megatron.cli", "probe", "--checkpoint",
                           str(tmp_path / "missing"), "--run-dir", str(run_dir)], capture_output=True, text=True)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
+
+
+def test_packed_scoring_runs_on_the_kernel_and_equals_one_text_per_row(probes):
+    """Same texts, same checkpoint: packed rows (document-block attention, per-document positions,
+    cu_seqlens) score like one text per row, and the packed path calls the Triton kernel (here under
+    the interpreter) once per hooked layer and backward."""
+    from synpro_megatron import kernels
+
+    _, projected = probes
+    texts = [t[:50 + 12 * i] for i, t in enumerate(web_texts(500, 6))]
+    rows = projected._rows(projected._tokenize(texts))
+    assert len(rows) <= 3 and max(len(r) for r in rows) >= 2  # several texts share a row
+    backwards = -(-len(rows) // projected.batch_size)
+    packed = projected.score(texts)
+    projected.packing = False
+    try:
+        one_per_row = projected.score(texts)
+    finally:
+        projected.packing = True
+    assert torch.allclose(packed, one_per_row, rtol=1e-4, atol=1e-6 * one_per_row.abs().max().item())
+    projected.capture.backend = "triton"
+    try:
+        before = dict(kernels.CALLS)
+        on_kernel = projected.score(texts)
+    finally:
+        projected.capture.backend = "auto"
+    assert kernels.CALLS["triton"] - before["triton"] == backwards * len(projected.capture.layer_names)
+    assert kernels.CALLS["reference"] == before["reference"]
+    assert torch.allclose(on_kernel, packed, rtol=1e-4, atol=1e-6 * packed.abs().max().item())
+
+
+def test_default_lr_is_the_checkpoints_scheduled_lr(checkpoint):
+    """The score's step size is the lr the trainer used right after the checkpoint, not the peak lr."""
+    from synpro_megatron.influence.optimizer_state import checkpoint_lr
+    from synpro_megatron.pretrain.inference import run_config_for_checkpoint
+
+    run_dir = os.path.dirname(os.path.dirname(checkpoint))
+    logged = {r["step"]: r["lr"] for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl")))
+              if r.get("kind") == "train"}
+    cfg = run_config_for_checkpoint(checkpoint)
+    for step in (1, 3, 6):  # the trainer logs the lr after its scheduler step
+        assert checkpoint_lr(cfg, step) == pytest.approx(logged[step], rel=1e-9)
+    assert len({round(v, 12) for v in logged.values()}) > 2 and logged[6] < cfg.lr

@@ -164,7 +164,8 @@ def test_scores(dtype):
 def _bad_calls():
     x, g, cu, p_in, p_out = make_inputs([4, 6], 8, 12, 3, 5)
     yield "same tokens", (x, g[:9], cu, p_in, p_out)
-    yield "2-D", (x[None], g, cu, p_in, p_out)
+    yield "2-D", (x[None, None], g[None, None], cu, p_in, p_out)
+    yield "same tokens", (x[None], g, cu, p_in, p_out)
     yield "p_in must be", (x, g, cu, p_in[:, :7], p_out)
     yield "p_out must be", (x, g, cu, p_in, p_out.T)
     yield "dtype float64", (x.double(), g, cu, p_in, p_out)
@@ -219,3 +220,31 @@ def test_triton_cuda_matches_reference(dtype):
         ref_proj = torch.randn(k_out, k_in, device="cuda")
         s_ref = per_sample_score(*args, ref_proj, backend="reference")
         assert rel_err(per_sample_score(*args, ref_proj, backend="triton"), s_ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_sbh_in_place_equals_packed_contiguous(dtype, backend):
+    """Megatron's [s, b, h] activations (and a narrowed TP-style slice of a wider one, so neither
+    stride is the packed one) give the same result as the tokens copied into packed (b, s) order,
+    and match the float64 oracle; documents may cross batch rows."""
+    gen = torch.Generator().manual_seed(3)
+    s, b, d_in, d_out = 21, 3, 40, 36
+    x_wide = torch.randn(s, b, d_in + 8, generator=gen).to(dtype)
+    g = torch.randn(s, b, d_out, generator=gen).to(dtype)
+    x = x_wide.narrow(-1, 4, d_in)  # strides (b*(d_in+8), d_in+8, 1), storage offset 4: in place
+    p_in = torch.randn(12, d_in, generator=gen)
+    p_out = torch.randn(20, d_out, generator=gen)
+    cu = torch.tensor([0, 5, 21, 30, 31, 50, 63], dtype=torch.int32)  # crosses row ends at 21, 42
+    x_packed = x.transpose(0, 1).reshape(-1, d_in).contiguous()
+    g_packed = g.transpose(0, 1).reshape(-1, d_out).contiguous()
+    flat = per_sample_projection(x_packed, g_packed, cu, p_in, p_out, backend=backend)
+    sbh = per_sample_projection(x, g, cu, p_in, p_out, backend=backend)
+    assert rel_err(sbh, flat) <= 1e-6
+    oracle = materialized_per_sample_projection(x, g, cu, p_in, p_out)
+    assert rel_err(sbh, oracle) <= TOL[dtype]
+    ref = torch.randn(20, 12, generator=gen)
+    s_sbh = per_sample_score(x, g, cu, p_in, p_out, ref, backend=backend)
+    s_flat = per_sample_score(x_packed, g_packed, cu, p_in, p_out, ref, backend=backend)
+    assert rel_err(s_sbh, s_flat) <= 1e-5
+    assert rel_err(s_sbh, torch.einsum("boi,oi->b", oracle, ref.double())) <= TOL[dtype]

@@ -6,6 +6,7 @@ import importlib
 
 _EXPORTS = {
     "GradientCapture": "synpro_megatron.influence.hooks",
+    "ExactGradientCapture": "synpro_megatron.influence.exact",
     "canonical_layer_name": "synpro_megatron.influence.hooks",
     "InfluenceProbe": "synpro_megatron.influence.probe",
     "layer_projections": "synpro_megatron.influence.projections",

@@ -69,6 +69,7 @@ def run(args) -> int:
         return 2
     summary = {"checkpoint": probe.loaded.checkpoint, "step": probe.loaded.step, "k": args.k,
                "projection": args.projection, "reference_docs": len(probe.reference_texts),
+               "reference_ids": probe.reference_ids, "reference_seed": probe.reference_seed,
                "layers": probe.capture.layer_names, "factors": probe._cache_path(),
                "reference_seconds": round(time.time() - t0, 2)}
     if args.doc_losses:

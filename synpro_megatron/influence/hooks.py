@@ -24,9 +24,9 @@ d_in, so P_in is sliced. Summing the ranks' partial projections over the TP grou
 does it by default) gives the TP=1 result. Pipeline stages each hold their own layers; names are
 made PP-independent by ``canonical_layer_name``.
 
-Token order. Megatron layers see [s, b, h] tensors; their tokens are taken batch-row by batch-row
-(``x.transpose(0, 1).reshape(-1, h)``, a copy when b > 1) so ``cu_seqlens`` indexes the usual packed
-(b, s) order. ``nn.Linear`` inputs are flattened as they are (``x.reshape(-1, d)``). Without
+Token order. Megatron layers see [s, b, h] tensors; ``cu_seqlens`` indexes the usual packed (b, s)
+order (batch row after batch row), and the kernel reads the [s, b, h] tensors in place through their
+strides (no transpose copy). ``nn.Linear`` inputs are flattened as they are (``x.reshape(-1, d)``). Without
 ``set_documents`` every batch row (every leading-dim slice of a >=3-D input; the whole input if 2-D)
 is one document.
 
@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from synpro_megatron.influence.projections import layer_projections
-from synpro_megatron.kernels import per_sample_projection
+from synpro_megatron.kernels import per_sample_projection, per_sample_score
 
 try:  # megatron-core is optional for plain-PyTorch use
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -51,7 +51,6 @@ except ImportError:  # pragma: no cover - exercised only without megatron-core
     ColumnParallelLinear = RowParallelLinear = None
 
 _WRAPPER_PREFIXES = ("module",)  # DDP / Float16Module wrap the model as `.module`
-MODES = ("project", "exact")
 
 
 def canonical_layer_name(model: torch.nn.Module, module_name: str) -> str:
@@ -139,11 +138,13 @@ class _Layer:
         self.layout = layout if layout != "auto" else ("sbh" if kind else "flat")
 
     def tokens(self, t: torch.Tensor, sl) -> torch.Tensor:
-        """(N, d) view/copy of an activation or gradient in packed (b, s) token order."""
+        """The tokens of an activation or gradient as the kernel reads them, never copied: an
+        [s, b, h] view for Megatron layers (packed (b, s) order is strided access in the kernel) or
+        an (N, d) view of flat inputs (a copy only if the input itself is not viewable)."""
         if sl is not None:
             t = t.narrow(-1, sl[0], sl[1])
         if self.layout == "sbh" and t.dim() == 3:
-            t = t.transpose(0, 1)
+            return t
         return t.reshape(-1, t.shape[-1])
 
     def default_cu(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,8 +166,6 @@ class GradientCapture:
         seed: seeds the projection matrices (with the canonical layer name), see ``projections.py``.
         layers: None (every supported linear layer), an iterable of canonical names, or a callable
             ``(canonical_name, module) -> bool``.
-        mode: ``"project"`` (default) or ``"exact"``: keep x and g and score against full reference
-            gradients with ``exact_scores`` (validation on small models only: stores activations).
         backend, deterministic: passed to ``per_sample_projection``.
         loss_scale: factor of the backpropagated loss relative to the sum of per-token losses.
         layout: ``"auto"`` ([s, b, h] for megatron layers, flat for nn.Linear), ``"sbh"`` or ``"flat"``.
@@ -176,18 +175,18 @@ class GradientCapture:
     """
 
     def __init__(self, model: torch.nn.Module, *, k_in: int = 32, k_out: int = 32, seed: int = 0,
-                 layers: Iterable[str] | Callable | None = None, mode: str = "project",
+                 layers: Iterable[str] | Callable | None = None,
                  backend: str = "auto", deterministic: bool = True, loss_scale: float = 1.0,
                  layout: str = "auto", projection_dtype: torch.dtype = torch.float32):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if layout not in ("auto", "sbh", "flat"):
             raise ValueError(f"layout must be 'auto', 'sbh' or 'flat', got {layout!r}")
         if k_in < 1 or k_out < 1:
             raise ValueError(f"k_in and k_out must be >= 1, got {k_in}, {k_out}")
         if not loss_scale:
             raise ValueError("loss_scale must be non-zero")
-        self.k_in, self.k_out, self.seed, self.mode = k_in, k_out, seed, mode
+        self.k_in, self.k_out, self.seed = k_in, k_out, seed
+        self._score_ref: dict[str, torch.Tensor] | None = None
+        self.active = True  # False: the hooks let forwards/backwards pass untouched
         self.backend, self.deterministic, self.loss_scale = backend, deterministic, loss_scale
         self.projection_dtype = projection_dtype
         self._cu: torch.Tensor | None = None
@@ -234,7 +233,6 @@ class GradientCapture:
         """Forget everything captured so far (the hooks stay)."""
         self._calls = {n: 0 for n in self._layers}
         self._proj: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self._layers}
-        self._saved: dict[str, dict[int, tuple]] = {n: {} for n in self._layers}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -274,20 +272,31 @@ class GradientCapture:
                               local_out.to(self.projection_dtype).contiguous())
         self._proj_cache = {k: v for k, v in self._proj_cache.items() if k[0] != name}
 
+    def set_local_projections(self, name: str, p_in: torch.Tensor, p_out: torch.Tensor) -> None:
+        """Use factors given directly for this rank's shard (k_in, local d_in) / (k_out, local d_out),
+        e.g. the singular vectors of the rank's own shard of a reference gradient."""
+        L = self._layers[name]
+        d_in, d_out = sum(n for _, n in L.in_ranges), sum(n for _, n in L.out_ranges)
+        if p_in.shape[1] != d_in or p_out.shape[1] != d_out:
+            raise ValueError(f"{name}: local factors must be (k_in, {d_in}) and (k_out, {d_out}), "
+                             f"got {tuple(p_in.shape)} and {tuple(p_out.shape)}")
+        self._custom[name] = (p_in.to(self.projection_dtype).contiguous(),
+                              p_out.to(self.projection_dtype).contiguous())
+        self._proj_cache = {k: v for k, v in self._proj_cache.items() if k[0] != name}
+
     # ------------------------------------------------------------------------------------- hooks
     def _forward_hook(self, name: str):
         def hook(module, args, kwargs, output):
             out = output[0] if isinstance(output, tuple) else output
+            if not self.active:
+                return
             if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad):
                 return  # no backward will come (eval / no_grad forward)
             x = args[0] if args else kwargs.get("input_", kwargs.get("input"))
             idx = self._calls[name]
             self._calls[name] = idx + 1
             L = self._layers[name]
-            # Rows are documents and tokens arrive as [s, b, h]: project first, then reduce over s,
-            # so the big activations and gradients are never copied into packed token order.
-            rows = self._cu is None and L.layout == "sbh" and x.dim() == 3 and self.mode == "project"
-            cu = None if rows else (self._cu if self._cu is not None else L.default_cu(x))
+            cu = self._cu if self._cu is not None else L.default_cu(x)
             scale = self._mb_loss_scale if self._mb_loss_scale is not None else self.loss_scale
             x = x.detach()
             out.register_hook(lambda grad: self._on_grad(name, idx, x, grad, cu, scale))
@@ -295,20 +304,19 @@ class GradientCapture:
 
     def _on_grad(self, name: str, idx: int, x: torch.Tensor, grad: torch.Tensor, cu, scale) -> None:
         L = self._layers[name]
-        if cu is None:
-            res = self._project_rows_sbh(name, x, grad.detach())
-            self._store(name, idx, res / scale if scale != 1.0 else res)
-            return
+        # [s, b, h] tensors go to the kernel as they are (strided reads, no reorder copy); flat
+        # nn.Linear inputs are viewed as (N, d).
         xt, gt = L.tokens(x, L.x_slice), L.tokens(grad.detach(), L.g_slice)
-        if self.mode == "exact":
-            prev = self._saved[name].get(idx)
-            if prev is not None:  # a second backward through the same graph accumulates
-                gt = gt + prev[1]
-            self._saved[name][idx] = (xt, gt, cu, scale)
-            return
         p_in, p_out = self.projections(name, xt.device)
-        res = per_sample_projection(xt, gt, cu, p_in, p_out, backend=self.backend,
-                                    deterministic=self.deterministic)
+        ref = self._score_ref.get(name) if self._score_ref is not None else None
+        if self._score_ref is not None and ref is None:
+            return  # scoring against a reference that does not involve this layer
+        if ref is not None:  # one scalar per document: sum_t v_t^T R u_t, no k x k output
+            res = per_sample_score(xt, gt, cu, p_in, p_out, ref.to(xt.device), backend=self.backend,
+                                   deterministic=self.deterministic)
+        else:
+            res = per_sample_projection(xt, gt, cu, p_in, p_out, backend=self.backend,
+                                        deterministic=self.deterministic)
         if scale != 1.0:
             res = res / scale
         self._store(name, idx, res)
@@ -316,18 +324,6 @@ class GradientCapture:
     def _store(self, name: str, idx: int, res: torch.Tensor) -> None:
         prev = self._proj[name].get(idx)
         self._proj[name][idx] = res if prev is None else prev + res
-
-    def _project_rows_sbh(self, name: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """One document per batch row of [s, b, h] tensors: (b, k_out, k_in) without reordering tokens."""
-        L = self._layers[name]
-        if L.x_slice is not None:
-            x = x.narrow(-1, *L.x_slice)
-        if L.g_slice is not None:
-            g = g.narrow(-1, *L.g_slice)
-        p_in, p_out = self.projections(name, x.device)
-        u = torch.matmul(x, p_in.to(x.dtype).T).float()  # [s, b, k_in]
-        v = torch.matmul(g, p_out.to(g.dtype).T).float()  # [s, b, k_out]
-        return torch.einsum("sbo,sbi->boi", v, u)
 
     # ----------------------------------------------------------------------------------- results
     def _collect(self, store: dict, name: str) -> list:
@@ -350,8 +346,8 @@ class GradientCapture:
         With ``reduce_tp`` the partial projections of TP-sharded layers are summed over their TP
         group (a collective: call it on every TP rank).
         """
-        if self.mode != "project":
-            raise RuntimeError("results() needs mode='project'; use exact_scores() in exact mode")
+        if self._score_ref is not None:
+            raise RuntimeError("results() is not kept while scoring (set_score_reference); use scores()")
         out = {}
         for name in self.layer_names:
             parts = self._collect(self._proj, name)
@@ -360,38 +356,26 @@ class GradientCapture:
             out[name] = self._reduce(name, torch.cat(parts, dim=0), reduce_tp)
         return out
 
-    def scores(self, ref_proj: dict[str, torch.Tensor], reduce_tp: bool = True):
-        """Layer name -> (n_docs,) ``<Ĝ_b, ref_proj[name]>`` for the layers in ``ref_proj``."""
+    def set_score_reference(self, ref_proj: dict[str, torch.Tensor] | None) -> None:
+        """Score while capturing: from now on each backward keeps, per layer in ``ref_proj``, only
+        the (n_docs,) scores ``<Ĝ_b, ref_proj[name]>`` (the kernel's score variant, no k x k
+        per-document output). None: back to keeping the projections. Clears what was captured."""
+        self._score_ref = None if ref_proj is None else {n: r.float() for n, r in ref_proj.items()}
+        self.reset()
+
+    def scores(self, ref_proj: dict[str, torch.Tensor] | None = None, reduce_tp: bool = True):
+        """Layer name -> (n_docs,) ``<Ĝ_b, ref_proj[name]>`` for the layers in ``ref_proj``.
+
+        While scoring (``set_score_reference``) the captured scores are returned and ``ref_proj``
+        must be None or the same reference. Partial TP scores are summed over the TP group
+        (``<sum_r Ĝ_r, R> = sum_r <Ĝ_r, R>``)."""
+        if self._score_ref is not None:
+            out = {}
+            for name in self._score_ref:
+                parts = self._collect(self._proj, name) if name in self._proj else []
+                if parts:
+                    out[name] = self._reduce(name, torch.cat(parts, dim=0), reduce_tp)
+            return out
         res = self.results(reduce_tp=reduce_tp)
         return {n: torch.einsum("boi,oi->b", res[n], r.to(res[n])) for n, r in ref_proj.items()
                 if n in res}
-
-    def exact_scores(self, ref_grads: dict[str, torch.Tensor], reduce_tp: bool = True):
-        """mode='exact': layer name -> float64 (n_docs,) ``sum_{t in b} g_t^T G_ref x_t``.
-
-        ``ref_grads[name]`` is the full (d_out, d_in) reference weight gradient in the TP=1 layout;
-        each rank uses its shard, and ``reduce_tp`` sums the partial scores over the TP group.
-        """
-        if self.mode != "exact":
-            raise RuntimeError("exact_scores() needs mode='exact'")
-        out = {}
-        for name, G in ref_grads.items():
-            if name not in self._layers:
-                raise KeyError(f"no hooked layer named {name!r}")
-            L = self._layers[name]
-            if tuple(G.shape) != (L.d_out, L.d_in):
-                raise ValueError(f"{name}: reference gradient must be {(L.d_out, L.d_in)}, "
-                                 f"got {tuple(G.shape)}")
-            G = G.double()
-            G = torch.cat([G[o:o + s] for o, s in L.out_ranges], 0)
-            G = torch.cat([G[:, o:o + s] for o, s in L.in_ranges], 1)
-            per_call = []
-            for xt, gt, cu, scale in self._collect(self._saved, name):
-                G_dev = G.to(xt.device)
-                per_tok = ((xt.double() @ G_dev.T) * gt.double()).sum(dim=1)
-                csum = torch.nn.functional.pad(torch.cumsum(per_tok, 0), (1, 0))
-                cu_dev = cu.to(xt.device)
-                per_call.append((csum[cu_dev[1:]] - csum[cu_dev[:-1]]) / scale)
-            if per_call:
-                out[name] = self._reduce(name, torch.cat(per_call), reduce_tp)
-        return out

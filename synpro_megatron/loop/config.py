@@ -56,6 +56,7 @@ class TrainConfig:
     # chunks end on eval boundaries so every chunk ends with a fresh evaluation
     chunk_evals: int = 1
     tokenizer: Optional[str] = None
+    value_documents: bool = False  # score every training document in the step (pretrain --value-documents)
 
 
 @dataclass

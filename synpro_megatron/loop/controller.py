@@ -193,7 +193,8 @@ class Controller:
             tp=p.tp, pp=p.pp, micro_batch=t.micro_batch, global_batch=t.global_batch, max_steps=c.total_steps(),
             lr=t.lr, seed=c.seed, eval_interval=t.eval_interval, save_interval=t.save_interval, resume=resume,
             blend_schedule=self._abs(self.state.blend_schedule),
-            synthetic={k: self._abs(v) for k, v in self.state.synthetic.items()}, stop_at_sample=stop_at_sample)
+            synthetic={k: self._abs(v) for k, v in self.state.synthetic.items()}, stop_at_sample=stop_at_sample,
+            value_documents=t.value_documents)
 
     def _pretrain(self) -> None:
         c, st = self.cfg, self._copy()

@@ -97,6 +97,7 @@ class PretrainConfig:
     blend_schedule: Optional[str] = None
     synthetic: dict = field(default_factory=dict)  # source name -> dataset prefix
     stop_at_sample: Optional[int] = None  # stop (and checkpoint) once this many samples are consumed
+    value_documents: bool = False  # score every document segment in the step (influence/valuation.py)
 
     def model_config(self):
         return get_model_config(

@@ -6,7 +6,10 @@ megatron-core assumes CUDA in a few places (research/megatron.md §B):
     literally on "cuda", and call `torch.cuda.synchronize()`;
   * gradient clipping asserts the grads are `torch.cuda.FloatTensor`;
   * the distributed-checkpoint writer needs psutil (its forked writer dies without it, hanging the save).
-`enable_cpu_mode()` fixes each of these, process-wide, and is idempotent.
+`enable_cpu_mode()` fixes each of these, process-wide, and is idempotent; `disable_cpu_mode()`
+undoes every patch (the trainer's `destroy_distributed` calls it), and `cpu_mode()` is the scoped
+form (entered and left) for tests and tools that run megatron-core in-process, so nothing leaks
+into code that runs later in the same process.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _ENABLED = False
+_UNDO: list = []  # (restore callable) for every patch in force, applied in reverse order
 
 
 class CPURNGStatesTracker:
@@ -111,6 +115,12 @@ def _clip_grad_by_total_norm_cpu(parameters, max_norm, total_norm, use_decoupled
                 grad.mul_(coeff)
 
 
+def _patch(obj, name: str, value) -> None:
+    original = getattr(obj, name)
+    setattr(obj, name, value)
+    _UNDO.append(lambda: setattr(obj, name, original))
+
+
 def enable_cpu_mode() -> None:
     """Patch torch.cuda and megatron-core for CPU + gloo. Call before init_process_group."""
     global _ENABLED
@@ -118,16 +128,43 @@ def enable_cpu_mode() -> None:
         return
     if torch.cuda.is_available():
         raise RuntimeError("cpu_compat is for machines without CUDA; it must not be enabled on a GPU")
-    torch.cuda.current_device = lambda: 0
-    torch.cuda.synchronize = lambda *a, **k: None
-    CudaToCpuMode().__enter__()
+    _patch(torch.cuda, "current_device", lambda: 0)
+    _patch(torch.cuda, "synchronize", lambda *a, **k: None)
+    mode = CudaToCpuMode()
+    mode.__enter__()
+    _UNDO.append(lambda: mode.__exit__(None, None, None))
 
     import megatron.core.optimizer.optimizer as mopt
 
-    mopt.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_cpu
+    _patch(mopt, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_cpu)
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
 
     if not getattr(fsa, "HAVE_PSUTIL", True):
-        fsa._process_memory = lambda: 0  # the forked writer would die on psutil and hang the save
+        _patch(fsa, "_process_memory", lambda: 0)  # the forked writer would die on psutil and hang the save
     _ENABLED = True
+
+
+def disable_cpu_mode() -> None:
+    """Undo every patch of enable_cpu_mode (no-op when it is not enabled)."""
+    global _ENABLED
+    while _UNDO:
+        _UNDO.pop()()
+    _ENABLED = False
+
+
+def cpu_mode_enabled() -> bool:
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def cpu_mode():
+    """Scoped CPU mode: enabled inside the block, and left as it was found afterwards."""
+    owner = not _ENABLED
+    if owner:
+        enable_cpu_mode()
+    try:
+        yield
+    finally:
+        if owner:
+            disable_cpu_mode()

@@ -54,6 +54,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", action="append", default=[], metavar="NAME=PREFIX",
                    help="a synthetic source of the blend schedule (repeatable)")
     p.add_argument("--stop-at-sample", type=int, default=None)
+    p.add_argument("--value-documents", action="store_true",
+                   help="score every training document's influence and loss inside the step -> RUN_DIR/valuation")
 
 
 def config_from_args(args) -> PretrainConfig:
@@ -68,7 +70,7 @@ def config_from_args(args) -> PretrainConfig:
         "seq_length", "tokenizer", "tp", "pp", "micro_batch", "global_batch", "max_steps", "lr", "min_lr",
         "lr_warmup_steps", "lr_decay_style", "weight_decay", "clip_grad", "seed", "dropout", "bf16",
         "eval_interval", "eval_iters", "reference", "reference_field", "save_interval", "resume",
-        "resume_from", "blend_schedule", "stop_at_sample")}
+        "resume_from", "blend_schedule", "stop_at_sample", "value_documents")}
     fields["resume"] = fields["resume"] or fields["resume_from"] is not None
     return PretrainConfig(**fields, synthetic=synthetic)
 

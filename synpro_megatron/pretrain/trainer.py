@@ -70,6 +70,10 @@ def destroy_distributed() -> None:
         ps.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if not torch.cuda.is_available():  # leave the process as init_distributed found it
+        from synpro_megatron.pretrain.cpu_compat import disable_cpu_mode
+
+        disable_cpu_mode()
 
 
 # ----------------------------------------------------------------- model + optimizer
@@ -249,9 +253,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if step == 0 and cfg.eval_interval > 0:
         _log_eval(metrics, ddp, eval_sets, cfg, seq, needs_data, step, consumed)
 
+    valuation = None
+    if cfg.value_documents:  # data valuation inside the step (influence/valuation.py)
+        from synpro_megatron.influence.valuation import attach_valuation
+
+        valuation = attach_valuation(cfg, gpt, train_ds, step, num_microbatches, eval_sets["reference"])
     stream = None
     if needs_data and consumed < stop_sample:
-        stream = pdata.micro_batches(train_ds, total_samples, consumed, cfg.micro_batch, dp_rank, dp)
+        stream = (valuation or pdata).micro_batches(train_ds, total_samples, consumed, cfg.micro_batch, dp_rank, dp)
     progress = _progress(rank, step, cfg.max_steps)
     while consumed < stop_sample:
         t0 = time.time()
@@ -260,6 +269,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         opt.zero_grad()
         losses = run_microbatches(ddp, batches, num_microbatches, seq, cfg.micro_batch, False, needs_data)
         ok, grad_norm, _ = opt.step()
+        if valuation is not None:
+            valuation.end_step(step + 1, opt.param_groups[0]["lr"])
         sched.step(increment=cfg.global_batch)
         step += 1
         consumed += cfg.global_batch
@@ -277,9 +288,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
             raise FloatingPointError(f"loss is {loss} at step {step}")
         if cfg.eval_interval > 0 and step % cfg.eval_interval == 0:
             _log_eval(metrics, ddp, eval_sets, cfg, seq, needs_data, step, consumed)
+            if valuation is not None:
+                valuation.refresh(eval_sets["reference"])
         preempted = stop.agreed()
         last = consumed >= stop_sample
         if preempted or last or (cfg.save_interval > 0 and step % cfg.save_interval == 0):
+            if valuation is not None:
+                valuation.flush()  # scores up to this checkpoint's step are on disk before it is
             ckpt.save_checkpoint(cfg.run_dir, step, gpt, opt, sched,
                                  {"step": step, "consumed_samples": consumed, "tokens": consumed * seq})
         if preempted:
@@ -287,6 +302,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             break
     if progress is not None:
         progress.close()
+    if valuation is not None:
+        valuation.close()
     metrics.close()
     summary.update(step=step, consumed_samples=consumed, tokens=consumed * seq,
                    checkpoint=ckpt.latest_checkpoint(cfg.run_dir))

@@ -15,7 +15,9 @@ def register_cli(sub) -> None:
     s.add_argument("--generator", default=None,
                    help="generator folder (default: RUN_DIR/rounds/round_K/generators/KIND when trained, "
                         "else the offline SmolLM2)")
-    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses)")
+    s.add_argument("--select", default="all",
+                   help="all | top-loss:FRACTION (needs --doc-losses) | valuation:not-absorbed:FRACTION "
+                        "(scores from `synpro pretrain --value-documents` in RUN_DIR/valuation)")
     s.add_argument("--doc-losses", default=None, help=".npy aligned with the sources, or jsonl {id, loss}")
     s.add_argument("--source-jsonl", default=None,
                    help="documents to rewrite (default: the run's prepared organic pool without its held-out "

@@ -125,7 +125,7 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
     losses = load_losses(cfg.doc_losses, pool) if cfg.doc_losses else None
     if cfg.limit is not None:
         pool, losses = pool[:cfg.limit], (losses[:cfg.limit] if losses is not None else None)
-    selected = select_documents(pool, cfg.select, losses)
+    selected = select_documents(pool, cfg.select, losses, run_dir=cfg.run_dir)
     generator = _generator_name(cfg, backend)
     if cfg.few_shot is None:
         cfg = dataclasses.replace(cfg, few_shot=trained_with_few_shot(generator))

@@ -111,13 +111,22 @@ def load_losses(path: str, docs: list[SourceDoc]) -> list[float]:
     return [by_id[d.doc_id] for d in docs]
 
 
-def select_documents(docs: list[SourceDoc], select: str, losses: Optional[list[float]] = None) -> list[SourceDoc]:
-    """'all', or 'top-loss:F': the fraction F of documents the current model finds hardest
-    (highest loss; ties by position), returned in source order."""
+def select_documents(docs: list[SourceDoc], select: str, losses: Optional[list[float]] = None,
+                     run_dir: Optional[str] = None) -> list[SourceDoc]:
+    """'all'; 'top-loss:F': the fraction F of documents the current model finds hardest (highest loss;
+    ties by position), returned in source order; 'valuation:not-absorbed:F': the documents the scores
+    stored by `synpro pretrain --value-documents` in RUN_DIR/valuation select (influence/valuation.py)."""
     if select == "all":
         return list(docs)
+    if select.startswith("valuation:"):
+        from synpro_megatron.influence.valuation import select_source_documents
+
+        if run_dir is None:
+            raise ValueError(f"--select {select!r} needs the run directory that holds the valuation scores")
+        return select_source_documents(docs, select, run_dir)
     if not select.startswith("top-loss:"):
-        raise ValueError(f"--select must be 'all' or 'top-loss:FRACTION', got {select!r}")
+        raise ValueError(f"--select must be 'all', 'top-loss:FRACTION' or 'valuation:not-absorbed:FRACTION', "
+                         f"got {select!r}")
     try:
         fraction = float(select.split(":", 1)[1])
     except ValueError:

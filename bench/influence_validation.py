@@ -1,0 +1,123 @@
+"""Which influence score matches how the model trains? SGD vs Adam-preconditioned (LESS-style) scores
+against the true reference-loss change of AdamW steps on each text, on a tiny checkpoint.
+
+For each text: the text's effect = L_ref(after n AdamW steps with the text's gradient) minus
+L_ref(after the same n steps with a zero gradient): the momentum already in the checkpoint's Adam
+state moves the weights either way, and only the difference is the text's doing. The steps use the
+checkpoint's own Adam state (m, v, step count), betas, eps and weight decay, on every hooked linear
+weight (what the scores cover); the Adam moments are kept in float64. Predictions: exact first-order scores (mode="exact"), SGD and Adam, and the
+default projected ones. Prints Pearson and Spearman correlations.
+
+    python bench/influence_validation.py --checkpoint RUN/checkpoints/iter_N [--texts 24 --lr 1e-3 --steps 1 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+
+import torch
+
+from synpro_megatron.cli import quiet_optional_dependency_warnings
+
+
+def pearson(a, b):
+    return torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
+
+
+def spearman(a, b):
+    return pearson(a.argsort().argsort().double(), b.argsort().argsort().double())
+
+
+def adam_state(checkpoint, names, vocab):
+    """Layer name -> (m, v) of the checkpoint's Adam, plus (beta1, beta2, eps, weight decay, step)."""
+    import dataclasses
+
+    from synpro_megatron.influence.hooks import canonical_layer_name
+    from synpro_megatron.pretrain.checkpoint import load_checkpoint, resolve_checkpoint
+    from synpro_megatron.pretrain.inference import run_config_for_checkpoint
+    from synpro_megatron.pretrain.trainer import build_model_and_optimizer
+
+    path = resolve_checkpoint(checkpoint)
+    cfg = dataclasses.replace(run_config_for_checkpoint(path), tp=1, pp=1)
+    gpt, _, opt, _, _ = build_model_and_optimizer(cfg, vocab)
+    step = int(load_checkpoint(path, gpt, opt, None).get("step", 0))
+    inner = getattr(opt, "optimizer", opt)
+    group = inner.param_groups[0]
+    out = {}
+    for module_name, module in gpt.named_modules():
+        name = canonical_layer_name(gpt, module_name)
+        if name in names:
+            st = inner.state[module.weight]
+            out[name] = (st["exp_avg"].double().clone(), st["exp_avg_sq"].double().clone())
+    return out, (group["betas"][0], group["betas"][1], group["eps"], cfg.weight_decay, step)
+
+
+def main():
+    quiet_optional_dependency_warnings()
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--texts", type=int, default=24)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--ref-docs", type=int, default=16)
+    args = p.parse_args()
+
+    from synpro_megatron.influence.probe import InfluenceProbe
+    from synpro_megatron.pretrain.data import DEFAULT_WEB_SAMPLE
+
+    with gzip.open(DEFAULT_WEB_SAMPLE, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"][:400] for line in f][600:600 + args.texts]
+    common = dict(max_ref_docs=args.ref_docs, lr=args.lr, cache=False)
+    preds = {}
+    for name, kw in {"exact-sgd": {"mode": "exact"}, "exact-adam": {"mode": "exact", "optimizer": "adam"},
+                     "projected-sgd": {}, "projected-adam": {"optimizer": "adam"}}.items():
+        probe = InfluenceProbe(args.checkpoint, **common, **kw)
+        preds[name] = probe.score(texts)
+        if name != "exact-sgd":
+            probe.close()
+        else:
+            keep = probe
+    probe = keep
+    layers = {name: layer.module.weight for name, layer in probe._layers()}
+    state, (b1, b2, eps, wd, step0) = adam_state(args.checkpoint, set(layers), probe.tokenizer.vocab_size)
+    w0 = {n: w.detach().clone() for n, w in layers.items()}
+
+    def run_steps(text, n):
+        """n AdamW steps on `text` (None: zero gradient); returns the reference loss after them."""
+        m = {k: v[0].clone() for k, v in state.items()}
+        v = {k: v[1].clone() for k, v in state.items()}
+        for i in range(n):
+            probe._zero_param_grads()
+            if text is not None:
+                probe.backward_texts([text])
+            t = step0 + i + 1
+            with torch.no_grad():
+                for k, w in layers.items():
+                    g = w.grad.double() if (text is not None and w.grad is not None) else torch.zeros_like(w)
+                    m[k].mul_(b1).add_(g, alpha=1 - b1)
+                    v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    upd = (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + eps)
+                    w.mul_(1 - args.lr * wd).sub_(args.lr * upd)
+        loss = probe.reference_loss()
+        with torch.no_grad():
+            for k, w in layers.items():
+                w.copy_(w0[k])
+        probe._zero_param_grads()
+        return loss
+
+    print(f"checkpoint {args.checkpoint} (step {step0}), {len(texts)} texts, lr {args.lr}, "
+          f"{args.ref_docs} reference documents (stratified)")
+    print("| predictor | " + " | ".join(f"Pearson / Spearman vs AdamW x{n}" for n in args.steps) + " |")
+    print("| --- |" + " ---: |" * len(args.steps))
+    truth = {}
+    for n in args.steps:
+        base = run_steps(None, n)
+        truth[n] = torch.tensor([base - run_steps(t, n) for t in texts], dtype=torch.float64)
+    for name, pred in preds.items():
+        cells = [f"{pearson(pred, truth[n]):.2f} / {spearman(pred, truth[n]):.2f}" for n in args.steps]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
