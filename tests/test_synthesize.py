@@ -169,7 +169,7 @@ def test_top_loss_selection(tmp_path):
     assert select_documents(docs, "all") == docs
     with pytest.raises(ValueError, match="needs --doc-losses"):
         select_documents(docs, "top-loss:0.5")
-    with pytest.raises(ValueError, match="must be 'all' or 'top-loss"):
+    with pytest.raises(ValueError, match="must be 'all', 'top-loss:FRACTION' or 'valuation"):
         select_documents(docs, "random:0.5", losses)
 
     # losses from a file produced by the pretraining side (.npy aligned with the pool, or jsonl by id)
