@@ -47,7 +47,7 @@ def yields(kind: str, docs: list[str], pieces: list[list[str]], raws: list[list[
     """Documents kept under each rule. raws[d][p] = the samples of piece p of document d."""
     from synpro_megatron.generators.chunking import join_outputs
     from synpro_megatron.generators.prompts import output_units, parse_output
-    from synpro_megatron.generators.synthesize import _candidates, keeps_document
+    from synpro_megatron.synthesis.rewrite import candidates as _candidates, keeps_document
     from synpro_megatron.rewards.faithfulness import faithfulness_batch
 
     n = cfg.candidates
@@ -97,7 +97,8 @@ def main() -> int:
 
     from synpro_megatron.generators.backends import HFBackend
     from synpro_megatron.generators.chunking import chunk_source, piece_token_budget
-    from synpro_megatron.generators.synthesize import SynthesisConfig, _prompt_overhead, render_prompt
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.rewrite import prompt_overhead as _prompt_overhead, render_prompt
 
     backend = HFBackend(None)
     tok = backend.tokenizer

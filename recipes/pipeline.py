@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import nemo_run as run
 
-from synpro_megatron.loop.layout import RunLayout
+from synpro_megatron.rundir import RunDir
 from synpro_megatron.loop.tasks import synthetic_sources
 
 from . import common, synpro_1b, synpro_400m, synpro_tiny
@@ -65,7 +65,7 @@ def synpro_pipeline(
     resume = copy.deepcopy(pre)
     resume.stop_at_sample = None
     rd = common.run_dir(dir, name)
-    resume.data.blend_schedule = RunLayout(rd).blend_schedule(round)
+    resume.data.blend_schedule = RunDir(rd).blend_schedule(round)
     resume.data.synthetic = synthetic_sources(rd, round, kinds)
     gpus = pre.trainer.num_gpus_per_node
 

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from synpro_megatron.loop import ConfigError, Controller, LoopConfig, LoopState, StageFailed
-from synpro_megatron.loop.fake import FakeCrash, FakeRunner
-from synpro_megatron.loop.fsutil import read_jsonl
+from synpro_megatron.fsutil import read_jsonl
 from synpro_megatron.loop.plateau import eval_series
-from synpro_megatron.loop.runner import launch_prefix, pretrain_cli_args
+from synpro_megatron.loop.runner import launch_prefix
+
+from fake_runner import FakeCrash, FakeRunner
 
 
 def _read(path):
@@ -200,7 +201,7 @@ def test_crash_between_log_and_state_write_then_rerun(reference, tmp_path, monke
 # ------------------------------------------------------------------ failures and guards
 def test_stage_without_outputs_fails_and_is_not_marked(tmp_path):
     class NoProbeOutput(FakeRunner):
-        def probe(self, checkpoint, run_dir, args=()):
+        def probe(self, run_dir, round_k, checkpoint, args=()):
             self.calls.append("probe")  # "succeeds" but writes nothing
 
     cfg = make_cfg(tmp_path)
@@ -240,9 +241,9 @@ def test_stage_args_fill_in_round_paths(tmp_path):
     seen = {}
 
     class Recording(FakeRunner):
-        def synthesize(self, kind, generator, round_k, run_dir, args=()):
+        def synthesize(self, kind, run_dir, round_k, generator=None, args=(), organic=None):
             seen.setdefault(round_k, list(args))
-            super().synthesize(kind, generator, round_k, run_dir, args)
+            super().synthesize(kind, run_dir, round_k, generator, args, organic)
 
     d = config_dict(tmp_path)
     d["generators"] = {"synth_args": ["--select", "top-loss:0.5", "--doc-losses", "{round_dir}/probe/doc_losses.jsonl",
@@ -254,16 +255,18 @@ def test_stage_args_fill_in_round_paths(tmp_path):
 
 def test_empty_synthetic_kind_is_left_out_of_the_blend(tmp_path):
     class GateDropsReformat(FakeRunner):
-        def synthesize(self, kind, generator, round_k, run_dir, args=()):
-            super().synthesize(kind, generator, round_k, run_dir, args)
+        def synthesize(self, kind, run_dir, round_k, generator=None, args=(), organic=None):
+            super().synthesize(kind, run_dir, round_k, generator, args, organic)
             if kind == "reformat" or round_k == 2:  # nothing passed the gate
                 open(os.path.join(run_dir, "synthetic", f"round_{round_k}", f"{kind}.bin"), "w").close()
 
     st = run_loop(make_cfg(tmp_path), tmp_path / "run", GateDropsReformat())
     assert st.done and st.rounds_done == 2
     assert sorted(st.synthetic) == ["round1_rephrase"]  # round 2 was empty altogether
-    assert st.blend_schedule == "blend/schedule_round_1.json"
+    # the empty round keeps the blend as it was: its schedule file is round 1's, so round 3 finds a base
+    assert st.blend_schedule == "blend/schedule_round_2.json"
     sched = json.loads(_read(tmp_path / "run" / "blend" / "schedule_round_1.json"))
+    assert json.loads(_read(tmp_path / "run" / "blend" / "schedule_round_2.json")) == sched
     assert sched["phases"][1]["weights"] == {"organic": 2 / 3, "round1_rephrase": 1 / 3}
     ext = [h for h in st.history if h["stage"] == "extend_blend"]
     assert ext[0]["empty"] == ["reformat"] and ext[1]["empty"] == ["rephrase", "reformat"]
@@ -326,11 +329,14 @@ def test_pretrain_command_line(tmp_path):
     ctl.state.blend_schedule = "blend/schedule_round_1.json"
     ctl.state.synthetic = {"round1_rephrase": "synthetic/round_1/rephrase"}
     pc = ctl._pretrain_config(stop_at_sample=240, resume=True)
-    args = pretrain_cli_args(pc)
+    from synpro_megatron.pretrain.launch import config_to_args
+
+    args = config_to_args(pc)  # what CliRunner.pretrain passes
     joined = " ".join(args)
-    assert "--config tiny --data /data/organic" in joined
-    assert "--max-steps 480 --micro-batch 2 --global-batch 8" in joined
-    assert "--resume" in args and "--stop-at-sample 240" in joined
+    for flag, value in (("--data", "/data/organic"), ("--max-steps", "480"), ("--micro-batch", "2"),
+                        ("--global-batch", "8"), ("--stop-at-sample", "240")):
+        assert args[args.index(flag) + 1] == value, flag
+    assert "--resume" in args
     assert f"--blend-schedule {tmp_path / 'run' / 'blend/schedule_round_1.json'}" in joined
     assert f"--synthetic round1_rephrase={tmp_path / 'run' / 'synthetic/round_1/rephrase'}" in joined
     # the pretrain CLI parses exactly these arguments back into the same config

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from synpro_megatron.rewards import GradientDotScorer
+from gradient_dot_scorer import GradientDotScorer
 from synpro_megatron.rl import GRPORunConfig, read_reward_log, train_generator
 from synpro_megatron.rl.grpo import REWARD_LOG_KEYS
 
@@ -37,7 +37,7 @@ def test_grpo_two_steps_logs_every_reward_and_saves(tmp_path):
                         num_generations=4, prompts_per_device=2, max_completion_length=24,
                         max_source_tokens=64, min_source_chars=150)
     out = train_generator(cfg, influence_scorer=tiny_influence_scorer())
-    assert out == tmp_path / "generators" / "round_1" / "rephrase"
+    assert out == tmp_path / "rounds" / "round_1" / "generators" / "rephrase"  # the generator's one home
 
     log = read_reward_log(str(out))
     assert [line["step"] for line in log] == [1, 2]
@@ -59,6 +59,8 @@ def test_grpo_two_steps_logs_every_reward_and_saves(tmp_path):
 
     meta = json.loads((out / "synpro_generator.json").read_text())
     assert meta["steps"] == 2 and meta["influence"] is True
+    # no prepared data in this run dir: the packaged sample, and the metadata says so
+    assert meta["prompt_sources"].startswith("packaged:") and len(meta["prompt_doc_ids"]) == 2
     backend = HFBackend(str(out), batch_size=1)
     text = backend.generate([render_messages("rephrase", "A short note about dogs and cats.")], n=1,
                             max_new_tokens=4, seed=0)
@@ -83,3 +85,33 @@ def test_prompt_sources_fit_the_completion_budget(tmp_path):
     assert build_prompt_dataset(cfg, tok)["doc_id"] == ds["doc_id"]  # seeded
     with pytest.raises(ValueError, match="prompts were asked for"):
         build_prompt_dataset(dataclasses.replace(cfg, min_source_chars=10_000), tok)
+
+
+def test_prompts_come_from_the_runs_organic_pool_without_held_out(tmp_path, capsys):
+    """With `synpro prepare` output in the run dir, GRPO prompts are the run's own training
+    documents (never held-out ones, never the packaged sample), and the log says where they came from."""
+    from synpro_megatron.data.prepare import PrepareConfig, prepare
+    from synpro_megatron.generators.backends import load_generator_tokenizer
+    from synpro_megatron.generators.smollm2 import smollm2_path
+    from synpro_megatron.rl.grpo import build_prompt_dataset
+    from synpro_megatron.rundir import RunDir
+    from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE, load_sources
+
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w") as f:  # our own documents: ids no packaged sample has
+        for d in load_sources(str(PACKAGED_SAMPLE))[:24]:
+            f.write(json.dumps({"id": f"mine-{d.doc_id}", "text": d.text}) + "\n")
+    run = RunDir(str(tmp_path / "run"))
+    os.makedirs(os.path.dirname(run.organic_prefix))
+    prepare(PrepareConfig(input=str(corpus), output=run.organic_prefix, held_out=0.3))
+    train_ids = set(json.loads(open(run.organic_prefix + ".docids.json").read()))
+    held_ids = set(json.loads(open(run.heldout_prefix + ".docids.json").read()))
+    assert held_ids and train_ids
+
+    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+    cfg = GRPORunConfig(kind="rephrase", run_dir=run.root, num_prompts=len(train_ids) // 2, max_source_tokens=48,
+                        min_source_chars=50)
+    ds = build_prompt_dataset(cfg, tok)
+    assert set(ds["doc_id"]) <= train_ids and not set(ds["doc_id"]) & held_ids
+    assert ds.info.description == f"run:{corpus}"
+    assert "the run's organic pool" in capsys.readouterr().err

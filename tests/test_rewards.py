@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from synpro_megatron.generators.prompts import REPHRASE_LEAD, instruction_text
-from synpro_megatron.rewards import (CombinedReward, FaithfulnessConfig, GradientDotScorer, InfluenceReward,
+from synpro_megatron.rewards import (CombinedReward, FaithfulnessConfig, InfluenceReward,
                                      QualityConfig, RewardWeights, faithfulness, heuristic_quality, quality_reward,
                                      zscore)
 from synpro_megatron.rewards.faithfulness import numbers_in, source_number_set
+from gradient_dot_scorer import GradientDotScorer
 
 SAMPLE = Path(__file__).resolve().parent.parent / "synpro_megatron" / "assets" / "web_sample.jsonl.gz"
 

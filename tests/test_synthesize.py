@@ -13,9 +13,10 @@ from synpro_megatron.generators.backends import GeneratorLoadError, load_generat
 from synpro_megatron.generators.prompts import (EXAMPLE_SOURCE, PREFILLS, REFORMAT_HEADING, render_messages,
                                                 source_of)
 from synpro_megatron.generators.smollm2 import smollm2_path
-from synpro_megatron.generators.synthesize import (FAIL_AFTER_ENV, PACKAGED_SAMPLE, SimulatedCrash, SourceDoc,
-                                                   SynthesisConfig, load_sources, read_journal, run_synthesis,
-                                                   select_documents, trained_with_few_shot, work_dir)
+from synpro_megatron.synthesis.config import SynthesisConfig
+from synpro_megatron.synthesis.job import run_synthesis, trained_with_few_shot, work_dir
+from synpro_megatron.synthesis.journal import read_journal
+from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE, SourceDoc, load_sources, select_documents
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, split_sentences
 
 
@@ -46,6 +47,27 @@ class FakeReformatBackend:
         return out
 
 
+class BackendCrash(RuntimeError):
+    """What CrashingBackend raises: the job dies in the middle of generation, as on a kill."""
+
+
+class CrashingBackend:
+    """Wraps a backend and dies on generation call number `after_batches + 1` (each call is one
+    batch), so exactly `after_batches` batches reach the journal before the crash."""
+
+    def __init__(self, inner, after_batches: int):
+        self.inner, self.left = inner, after_batches
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, prompts, **kw):
+        if self.left == 0:
+            raise BackendCrash("simulated crash in the middle of a batch")
+        self.left -= 1
+        return self.inner.generate(prompts, **kw)
+
+
 def _config(run_dir, **kw):
     base = dict(kind="reformat", run_dir=str(run_dir), round=1, source_jsonl=str(PACKAGED_SAMPLE), limit=14,
                 batch_size=4, max_new_tokens=256, max_source_tokens=96)
@@ -65,7 +87,7 @@ def _idx_docs(prefix):
     return [np.array(ds[i]) for i in range(len(ds))]
 
 
-def test_crash_and_resume_rewrites_each_document_exactly_once(tmp_path, monkeypatch):
+def test_crash_and_resume_rewrites_each_document_exactly_once(tmp_path):
     expected = [d.doc_id for d in load_sources(str(PACKAGED_SAMPLE))[:14]]
 
     # reference: one uninterrupted run
@@ -74,20 +96,19 @@ def test_crash_and_resume_rewrites_each_document_exactly_once(tmp_path, monkeypa
     # crashed run: dies after the second batch is journaled, then a torn line is left behind
     run_dir = tmp_path / "crashed"
     backend = FakeReformatBackend()
-    with pytest.raises(SimulatedCrash):
-        run_synthesis(_config(run_dir), backend=backend, fail_after_docs=5)
+    with pytest.raises(BackendCrash):
+        run_synthesis(_config(run_dir), backend=CrashingBackend(backend, after_batches=2))
     journal = work_dir(_config(run_dir)) / "journal.rank0.jsonl"
     assert len(read_journal(journal)) == 8  # two whole batches, nothing of the third
     assert not (run_dir / "synthetic" / "round_1" / "reformat.idx").exists()
     with open(journal, "ab") as f:
         f.write(b'{"source_index": 99, "source_id": "torn')  # killed in the middle of a write
 
-    # the crash hook through the environment, as a subprocess would see it: no new batch is done
-    monkeypatch.setenv(FAIL_AFTER_ENV, "1")
-    with pytest.raises(SimulatedCrash):
-        run_synthesis(_config(run_dir), backend=FakeReformatBackend())
-    monkeypatch.delenv(FAIL_AFTER_ENV)
+    # a second crash after one more batch: the torn line is cut off, the journal grows by one batch
+    with pytest.raises(BackendCrash):
+        run_synthesis(_config(run_dir), backend=CrashingBackend(FakeReformatBackend(), after_batches=1))
     assert len(read_journal(journal)) == 12
+    assert journal.read_bytes().endswith(b"\n")
 
     resumed_backend = FakeReformatBackend()
     entry = run_synthesis(_config(run_dir), backend=resumed_backend)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 # One implementation of atomic writes and tolerant JSON(L) reads, shared with the loop.
-from synpro_megatron.loop.fsutil import atomic_write_text as write_text_atomic  # noqa: F401 - re-exported
-from synpro_megatron.loop.fsutil import read_json  # noqa: F401 - re-exported
-from synpro_megatron.loop.fsutil import read_jsonl as _read_jsonl
+from synpro_megatron.fsutil import atomic_write_text as write_text_atomic  # noqa: F401 - re-exported
+from synpro_megatron.fsutil import read_json  # noqa: F401 - re-exported
+from synpro_megatron.fsutil import read_jsonl as _read_jsonl
 
 REALIZED_MAX_SAMPLES = 4_000_000  # above this the blend plot shows the schedule's target only
 

@@ -1,6 +1,7 @@
 """Generators: prompt templates, generation backends (vLLM on GPU, transformers on CPU), chunking of
-long sources, and the synthesis job that writes a synthetic round. Heavy modules (torch,
-transformers, vLLM) are imported only when a backend is built."""
+long sources and the clean-ups of their outputs; the synthesis job that uses them is
+`synpro_megatron.synthesis`. Heavy modules (torch, transformers, vLLM) are imported only when a
+backend is built."""
 from synpro_megatron.generators.backends import (DEFAULT_PRODUCTION_GENERATOR, GenerationBackend, GeneratorLoadError,
                                                  HFBackend, VLLMBackend, make_backend, resolve_generator_path,
                                                  validate_generator_dir)

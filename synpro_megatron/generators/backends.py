@@ -60,6 +60,16 @@ class SamplingConfig:
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
+def add_sampling_args(parser, what: str) -> None:
+    """--temperature/--top-p/--repetition-penalty (default None: SamplingConfig's, or the generator's)."""
+    d = SamplingConfig()
+    parser.add_argument("--temperature", type=float, default=None, help=f"sampling of {what}; default {d.temperature}")
+    parser.add_argument("--top-p", type=float, default=None, help=f"default {d.top_p}")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help=f"default {d.repetition_penalty} (vLLM/transformers also penalise prompt tokens, "
+                             "i.e. copying the source's names and numbers)")
+
+
 class GeneratorLoadError(RuntimeError):
     """A generator folder that is missing, incomplete or unreadable (the message names the path)."""
 

@@ -4,7 +4,7 @@ Computes the reference-set gradient factors at a checkpoint (saved beside it, re
 influence reward computed against it) and, with --doc-losses, each organic document's loss under
 the checkpoint, which `synpro synthesize --select top-loss:F` uses to rewrite the hardest documents.
 
-Writes RUN_DIR/probe/: probe.json (what was computed, where the factors live, timing) and
+Writes RUN_DIR/rounds/round_K/probe/ (synpro_megatron.rundir): probe.json (what was computed, where the factors live, timing) and
 doc_losses.jsonl ({"id", "loss", "tokens"} per organic training document).
 """
 from __future__ import annotations
@@ -13,6 +13,9 @@ import json
 import os
 import sys
 import time
+
+from synpro_megatron.fsutil import atomic_write_json, atomic_write_jsonl
+from synpro_megatron.rundir import RunDir
 
 
 def _doc_losses(probe, limit, batch_size):
@@ -50,11 +53,16 @@ def _doc_losses(probe, limit, batch_size):
 def run(args) -> int:
     from synpro_megatron.influence.probe import InfluenceProbe
 
-    out_dir = os.path.join(args.run_dir, "probe")
+    run = RunDir(args.run_dir)
+    out_dir = run.probe_dir(args.round)
     os.makedirs(out_dir, exist_ok=True)
+    checkpoint = args.checkpoint or run.latest_checkpoint()
+    if checkpoint is None:
+        print(f"synpro probe: error: {run.checkpoints}: no checkpoint yet; pass --checkpoint", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
-        probe = InfluenceProbe(args.checkpoint, args.reference, k=args.k, projection=args.projection,
+        probe = InfluenceProbe(checkpoint, args.reference, k=args.k, projection=args.projection,
                                max_ref_docs=args.max_ref_docs, tp=args.tp, pp=args.pp)
     except (FileNotFoundError, ValueError) as e:
         print(f"synpro probe: error: {e}", file=sys.stderr)
@@ -71,18 +79,11 @@ def run(args) -> int:
             return 2
         rows = _doc_losses(probe, args.doc_limit, args.batch_size)
         if dist.get_rank() == 0:
-            tmp = os.path.join(out_dir, "doc_losses.jsonl.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(tmp, os.path.join(out_dir, "doc_losses.jsonl"))
-        summary["doc_losses"] = os.path.join(out_dir, "doc_losses.jsonl")
+            atomic_write_jsonl(run.probe_doc_losses(args.round), rows, sort_keys=False)
+        summary["doc_losses"] = run.probe_doc_losses(args.round)
         summary["documents_scored"] = len(rows)
     probe.close()
-    tmp = os.path.join(out_dir, "probe.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "probe.json"))
+    atomic_write_json(os.path.join(out_dir, "probe.json"), summary, indent=1)
     print(f"probe: reference factors for {len(summary['layers'])} layers at step {summary['step']} -> "
           f"{summary['factors']}")
     return 0
@@ -90,8 +91,10 @@ def run(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("probe", help="reference-gradient factors (and document losses) at a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (uses checkpoints/latest)")
-    p.add_argument("--run-dir", required=True, help="writes RUN_DIR/probe/")
+    p.add_argument("--run-dir", required=True, help="the run root: writes RUN_DIR/rounds/round_K/probe/")
+    p.add_argument("--round", type=int, default=1, help="the round K the probe is for")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint dir, or a run dir (uses checkpoints/latest); default: the run's newest")
     p.add_argument("--reference", default=None, help="reference JSONL (default: packaged reference_qa.jsonl)")
     p.add_argument("--k", type=int, default=32, help="projection size per layer factor")
     p.add_argument("--projection", choices=["reference", "random"], default="reference")

@@ -1,12 +1,14 @@
-"""Extending the blend schedule by one synthetic round (shared by the controller and blend_task)."""
+"""Extending the blend schedule by one synthetic round: `extend_blend`, the one implementation the
+loop controller (`synpro run`) and the NeMo-Run `blend_task` both call."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional
+
+from synpro_megatron.rundir import ORGANIC, RunDir, parse_source_name, source_name
 
 from .config import BlendWeights
-from .layout import source_name
-
-ORGANIC = "organic"
 
 
 def initial_schedule():
@@ -80,3 +82,68 @@ def load_schedule(path: Optional[str]):
     from synpro_megatron.blending.schedule import BlendSchedule
 
     return BlendSchedule.load(path)
+
+
+@dataclass
+class BlendExtension:
+    path: str  # RUN_DIR/blend/schedule_round_K.json
+    blended: List[str]  # kinds of round K now in the schedule
+    empty: List[str]  # kinds of round K left out: every document failed the faithfulness gate
+    synthetic: Dict[str, str]  # blend source name -> prefix, for every synthetic source of the schedule
+    weights: Optional[Dict[str, float]]  # the new phase's weights; None when nothing was blended
+    caps: Dict[str, float] = field(default_factory=dict)
+
+
+def schedule_sources(run: RunDir, schedule) -> Dict[str, str]:
+    """Synthetic source name -> dataset prefix for every source a schedule names."""
+    names = {name for phase in schedule.phases for name in phase.weights if name != ORGANIC}
+    return {name: run.synthetic_prefix(*parse_source_name(name)) for name in sorted(names)}
+
+
+def extend_blend(run_dir: str, round_k: int, kinds: Iterable[str], start_sample: int, weights: BlendWeights,
+                 seq_length: int, budget_samples: int, warn: Callable[[str], None] = print) -> BlendExtension:
+    """Write RUN_DIR/blend/schedule_round_K.json: the schedule of round K-1 (organic only for K=1)
+    plus a phase from `start_sample` on that blends in round K's synthetic sources.
+
+    Edge cases, one behaviour each:
+    - a kind whose dataset is empty (every document failed the gate) is left out, with a warning;
+    - a round with no documents at all keeps the previous blend (the file is still written, so
+      round K+1 finds its base);
+    - sources are capped at `weights.max_epochs` reads over the `budget_samples - start_sample`
+      samples left (earlier rounds too); with no budget left there is no cap.
+    The previous round's file is never rewritten, so redoing this after a crash gives the same file.
+    """
+    run = RunDir(run_dir)
+    kinds = list(kinds)
+    for kind in kinds:
+        prefix = run.synthetic_prefix(round_k, kind)
+        missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"blend round {round_k}: missing {', '.join(missing)} (run synthesize first)")
+    blended = [k for k in kinds if os.path.getsize(run.synthetic_prefix(round_k, k) + ".bin") > 0]
+    empty = [k for k in kinds if k not in blended]
+    base = None
+    if round_k > 1:
+        previous = run.blend_schedule(round_k - 1)
+        if not os.path.exists(previous):
+            raise FileNotFoundError(f"{previous} not found: round {round_k - 1} was never blended")
+        base = load_schedule(previous)
+    caps: Dict[str, float] = {}
+    if not blended:
+        warn(f"[synpro blend] warning: round {round_k} produced no synthetic documents ({', '.join(empty)}); "
+             f"the blend stays as it was")
+        schedule, new_weights = (base if base is not None else initial_schedule()), None
+    else:
+        if empty:
+            warn(f"[synpro blend] warning: round {round_k}: no {', '.join(empty)} document passed the "
+                 f"faithfulness gate (see {run.dropped(round_k, empty[0])}); blending {', '.join(blended)} only")
+        prefixes = schedule_sources(run, base) if base is not None else {}
+        prefixes.update({source_name(round_k, k): run.synthetic_prefix(round_k, k) for k in blended})
+        caps = epoch_caps(prefixes, seq_length, budget_samples - start_sample, weights.max_epochs)
+        schedule = extend_schedule(base, start_sample, round_k, blended, weights, caps)
+        new_weights = dict(schedule.phases[-1].weights)
+    path = run.blend_schedule(round_k)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    schedule.save(path)
+    return BlendExtension(path=path, blended=blended, empty=empty, synthetic=schedule_sources(run, schedule),
+                          weights=new_weights, caps=caps)

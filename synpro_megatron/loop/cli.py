@@ -16,7 +16,7 @@ def register_cli(sub) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--max-stages", type=int, default=None, help="stop after this many stages (debugging)")
     p.add_argument("--runner", choices=["cli", "fake"], default="cli",
-                   help="cli: the real stages; fake: synthetic outputs, to smoke-test the loop and its "
+                   help="cli: the real stages; fake: the smoke payload (loop.smoke), stand-in outputs to smoke-test the loop and its "
                         "Slurm/preemption plumbing without training anything")
     p.add_argument("--status", action="store_true", help="print state.json and exit")
     p.set_defaults(func=run_cli)
@@ -30,9 +30,9 @@ def run_cli(args) -> int:
     try:
         cfg = LoopConfig.load(args.config)
         if args.runner == "fake":
-            from .fake import FakeRunner
+            from .smoke import SmokeRunner
 
-            runner = FakeRunner(subprocess=True, echo=print)
+            runner = SmokeRunner(subprocess=True, echo=print)
         else:
             runner = None
         ctl = Controller(cfg, args.run_dir, runner=runner, echo=lambda m: print(m, flush=True))

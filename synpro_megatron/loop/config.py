@@ -56,13 +56,12 @@ class TrainConfig:
     # chunks end on eval boundaries so every chunk ends with a fresh evaluation
     chunk_evals: int = 1
     tokenizer: Optional[str] = None
-    extra_args: List[str] = field(default_factory=list)  # passed verbatim to `synpro pretrain`
 
 
 @dataclass
 class GeneratorConfig:
     """The round stages. The *_args lists go verbatim to the commands after filling in {run_dir},
-    {round_dir} (the round's --run-dir of probe/train-generator), {round} and {checkpoint}, e.g.
+    {round_dir} (RUN_DIR/rounds/round_K, where the round's probe and generators live), {round} and {checkpoint}, e.g.
     probe_args: [--doc-losses]; synth_args: [--select, "top-loss:0.5", --doc-losses,
     "{round_dir}/probe/doc_losses.jsonl"]; train_args: [--steps, "120"]."""
 
@@ -223,7 +222,7 @@ class LoopConfig:
         return cfg
 
     def save(self, path: str) -> None:
-        from .fsutil import atomic_write_json
+        from synpro_megatron.fsutil import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
 

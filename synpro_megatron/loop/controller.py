@@ -22,10 +22,11 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from .blend import epoch_caps, extend_schedule, load_schedule
+from synpro_megatron.fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
+from synpro_megatron.rundir import RunDir
+
+from .blend import extend_blend
 from .config import ConfigError, LoopConfig
-from .fsutil import append_jsonl, atomic_write_jsonl, dir_has_files, read_json, read_jsonl
-from .layout import RunLayout, source_name
 from .plateau import detect_plateau, read_metrics
 from .runner import CliRunner, Interrupted, StageFailed, StageRunner
 from .state import DONE, LoopState, round_stages
@@ -44,7 +45,7 @@ class Controller:
     def __init__(self, cfg: LoopConfig, run_dir: str, runner: Optional[StageRunner] = None,
                  echo: Callable[[str], None] = print):
         self.cfg = cfg
-        self.layout = RunLayout(os.path.abspath(run_dir))
+        self.layout = RunDir(run_dir)
         self.runner = runner if runner is not None else CliRunner(echo=echo)
         self.echo = echo
         self._stop_signal: Optional[int] = None
@@ -52,7 +53,7 @@ class Controller:
 
     # ------------------------------------------------------------------ state & log
     def _load_or_init(self) -> LoopState:
-        os.makedirs(self.layout.run_dir, exist_ok=True)
+        os.makedirs(self.layout.root, exist_ok=True)
         snap = self.layout.config_snapshot
         new = self.cfg.to_dict()
         if os.path.exists(snap):
@@ -74,10 +75,10 @@ class Controller:
         return state
 
     def _rel(self, path: str) -> str:
-        return os.path.relpath(path, self.layout.run_dir)
+        return os.path.relpath(path, self.layout.root)
 
     def _abs(self, path: Optional[str]) -> Optional[str]:
-        return None if path is None else os.path.join(self.layout.run_dir, path)
+        return None if path is None else os.path.join(self.layout.root, path)
 
     def _commit(self, state: LoopState, records: List[dict]) -> None:
         """Append `records` to the loop log, then write `state` (the commit point)."""
@@ -139,12 +140,12 @@ class Controller:
         """One controller per run dir: two would race on state.json and the checkpoints."""
         import fcntl
 
-        path = self.layout.p(".loop.lock")
+        path = self.layout.loop_lock
         with open(path, "a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ValueError(f"{path}: another `synpro run` is driving {self.layout.run_dir}") from None
+                raise ValueError(f"{path}: another `synpro run` is driving {self.layout.root}") from None
             except OSError as e:  # a filesystem without locks: carry on, as before locks existed
                 self.echo(f"[synpro loop] warning: cannot lock {path} ({e}); make sure only one controller runs")
             try:
@@ -186,9 +187,9 @@ class Controller:
         from synpro_megatron.pretrain.config import PretrainConfig
 
         c, t, p = self.cfg, self.cfg.train, self.cfg.parallel
-        data = self.state.data if os.path.isabs(self.state.data) else self._abs(self.state.data)
+        data = self._organic()
         return PretrainConfig(
-            run_dir=self.layout.run_dir, data=data, model=c.model, seq_length=t.seq_length, tokenizer=t.tokenizer,
+            run_dir=self.layout.root, data=data, model=c.model, seq_length=t.seq_length, tokenizer=t.tokenizer,
             tp=p.tp, pp=p.pp, micro_batch=t.micro_batch, global_batch=t.global_batch, max_steps=c.total_steps(),
             lr=t.lr, seed=c.seed, eval_interval=t.eval_interval, save_interval=t.save_interval, resume=resume,
             blend_schedule=self._abs(self.state.blend_schedule),
@@ -245,7 +246,7 @@ class Controller:
         """Extra stage arguments with {run_dir}, {round_dir}, {round}, {checkpoint} filled in
         (e.g. synth_args: [--select, "top-loss:0.5", --doc-losses, "{round_dir}/probe/doc_losses.jsonl"])."""
         k = self.state.round
-        values = {"run_dir": self.layout.run_dir, "round_dir": self.layout.round_dir(k), "round": k,
+        values = {"run_dir": self.layout.root, "round_dir": self.layout.round_dir(k), "round": k,
                   "checkpoint": self._abs(self.state.plateau_checkpoint) or ""}
         try:
             return [a.format(**values) for a in args]
@@ -253,9 +254,12 @@ class Controller:
             raise ValueError(f"generators.*_args: cannot fill in {args}: {e!r} "
                              f"(placeholders: {', '.join('{' + v + '}' for v in values)})") from None
 
+    def _organic(self) -> str:
+        return self.state.data if os.path.isabs(self.state.data) else self._abs(self.state.data)
+
     def _probe(self) -> None:
         k = self.state.round
-        self.runner.probe(self._abs(self.state.plateau_checkpoint), self.layout.round_dir(k),
+        self.runner.probe(self.layout.root, k, self._abs(self.state.plateau_checkpoint),
                           self._args(self.cfg.generators.probe_args))
         out = self.layout.probe_dir(k)
         if not dir_has_files(out):
@@ -264,8 +268,8 @@ class Controller:
 
     def _train_generator(self, kind: str) -> None:
         k, stage = self.state.round, f"train_generator:{kind}"
-        self.runner.train_generator(kind, self._abs(self.state.plateau_checkpoint), self.layout.round_dir(k),
-                                    self._args(self.cfg.generators.train_args))
+        self.runner.train_generator(kind, self.layout.root, k, self._abs(self.state.plateau_checkpoint),
+                                    self._args(self.cfg.generators.train_args), organic=self._organic())
         out = self.layout.generator_dir(k, kind)
         if not dir_has_files(out):
             raise StageFailed(stage, f"finished but wrote no generator under {out}")
@@ -273,8 +277,8 @@ class Controller:
 
     def _synthesize(self, kind: str) -> None:
         k, stage = self.state.round, f"synthesize:{kind}"
-        self.runner.synthesize(kind, self.layout.generator_dir(k, kind), k, self.layout.run_dir,
-                               self._args(self.cfg.generators.synth_args))
+        self.runner.synthesize(kind, self.layout.root, k, self.layout.generator_dir(k, kind),
+                               self._args(self.cfg.generators.synth_args), organic=self._organic())
         prefix = self.layout.synthetic_prefix(k, kind)
         outputs = [prefix + ".bin", prefix + ".idx"]
         _require_files(stage, outputs)
@@ -283,33 +287,15 @@ class Controller:
     def _extend_blend(self) -> None:
         st, c = self._copy(), self.cfg
         k, start = st.round, st.plateau_step * c.train.global_batch
-        # a kind whose every document failed the faithfulness gate has an empty dataset, which a
-        # blend cannot draw from: leave it out (and say so in the log)
-        kinds = [kind for kind in c.generators.kinds if os.path.getsize(self.layout.synthetic_prefix(k, kind) + ".bin")]
-        empty = [kind for kind in c.generators.kinds if kind not in kinds]
+        ext = extend_blend(self.layout.root, k, c.generators.kinds, start, c.blend, c.seq_length(),
+                           c.total_steps() * c.train.global_batch, warn=self.echo)
         st.rounds_done = k
         st.refresh_step, st.refresh_sample = st.plateau_step, start
-        if not kinds:
-            self.echo(f"[synpro loop] warning: round {k} produced no synthetic documents ({', '.join(empty)}); "
-                      f"the blend stays as it was")
-            self._finish(st, "extend_blend", "pretrain", [], {"start_sample": start, "empty": empty, "weights": None})
-            return
-        # built from the previous round's file, which is never rewritten: redoing this stage after
-        # a crash gives the same schedule
-        prefixes = {name: self._abs(p) for name, p in st.synthetic.items()}  # earlier rounds, capped too
-        prefixes.update({source_name(k, kind): self.layout.synthetic_prefix(k, kind) for kind in kinds})
-        caps = epoch_caps(prefixes, c.seq_length(), c.total_steps() * c.train.global_batch - start, c.blend.max_epochs)
-        schedule = extend_schedule(load_schedule(self._abs(st.blend_schedule)), start, k, kinds, c.blend, caps)
-        path = self.layout.blend_schedule(k)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        schedule.save(path)
-        for kind in kinds:
-            st.synthetic[source_name(k, kind)] = self._rel(self.layout.synthetic_prefix(k, kind))
-        st.blend_schedule = self._rel(path)
-        weights = schedule.phases[-1].weights
-        self._finish(st, "extend_blend", "pretrain", [path],
-                     {"start_sample": start, "empty": empty, "weights": dict(weights),
-                      "epoch_caps": {name: round(cap, 6) for name, cap in caps.items()}})
+        st.synthetic = {name: self._rel(prefix) for name, prefix in ext.synthetic.items()}
+        st.blend_schedule = self._rel(ext.path)
+        self._finish(st, "extend_blend", "pretrain", [ext.path],
+                     {"start_sample": start, "empty": ext.empty, "weights": ext.weights,
+                      "epoch_caps": {name: round(cap, 6) for name, cap in ext.caps.items()}})
 
 
 def _require_files(stage: str, paths: List[str]) -> None:

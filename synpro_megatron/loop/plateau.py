@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
-from .fsutil import read_jsonl
+from synpro_megatron.fsutil import read_jsonl
 
 METRICS = ("reference_loss", "heldout_loss")
 

@@ -2,8 +2,9 @@
 
 `StageRunner` is the interface; the controller only calls these methods and then checks that
 the stage's outputs exist (see `Controller`). `CliRunner`, the default, runs the real `synpro`
-commands as subprocesses; `synpro_megatron.loop.fake.FakeRunner` writes plausible outputs for
-tests. A runner must be safe to call again for a stage that was interrupted: outputs are
+commands as subprocesses; `synpro_megatron.loop.smoke.SmokeRunner` writes stand-in outputs for
+smoke runs of the plumbing. Every stage gets the run root and its round (synpro_megatron.rundir
+says where its outputs go). A runner must be safe to call again for a stage that was interrupted: outputs are
 overwritten, pretraining resumes from its checkpoint.
 
 Preemption: `interrupt()` (called from the controller's SIGTERM/SIGUSR1 handler) forwards
@@ -54,40 +55,23 @@ class StageRunner(abc.ABC):
         """Run `synpro_megatron.pretrain.config.PretrainConfig` cfg until cfg.stop_at_sample."""
 
     @abc.abstractmethod
-    def probe(self, checkpoint: str, run_dir: str, args: Sequence[str] = ()) -> None:
-        """Reference-set projected gradients at `checkpoint`, written under run_dir/probe/."""
+    def probe(self, run_dir: str, round_k: int, checkpoint: str, args: Sequence[str] = ()) -> None:
+        """Reference-set projected gradients at `checkpoint`, into RunDir(run_dir).probe_dir(round_k)."""
 
     @abc.abstractmethod
-    def train_generator(self, kind: str, checkpoint: str, run_dir: str, args: Sequence[str] = ()) -> None:
-        """GRPO-train the `kind` generator against `checkpoint`, into run_dir/generators/KIND/."""
+    def train_generator(self, kind: str, run_dir: str, round_k: int, checkpoint: str, args: Sequence[str] = (),
+                        organic: Optional[str] = None) -> None:
+        """GRPO-train the `kind` generator against `checkpoint` on the organic pool at `organic`
+        (default: the run's), into RunDir(run_dir).generator_dir(round_k, kind)."""
 
     @abc.abstractmethod
-    def synthesize(self, kind: str, generator: str, round_k: int, run_dir: str, args: Sequence[str] = ()) -> None:
-        """Write run_dir/synthetic/round_K/KIND.{bin,idx} with the generator at `generator`."""
+    def synthesize(self, kind: str, run_dir: str, round_k: int, generator: Optional[str] = None,
+                   args: Sequence[str] = (), organic: Optional[str] = None) -> None:
+        """Write RunDir(run_dir).synthetic_prefix(round_k, kind).{bin,idx} with `generator`
+        (default: the round's trained one) from the organic pool at `organic` (default: the run's)."""
 
     def interrupt(self, signum: int) -> None:
         """Ask the running stage to stop (checkpointing if it can). Default: nothing runs."""
-
-
-def pretrain_cli_args(cfg) -> List[str]:
-    """`synpro pretrain` / `python -m synpro_megatron.pretrain` arguments for a PretrainConfig."""
-    a = ["--config", cfg.model, "--data", cfg.data, "--run-dir", cfg.run_dir, "--tp", str(cfg.tp),
-         "--pp", str(cfg.pp), "--max-steps", str(cfg.max_steps), "--micro-batch", str(cfg.micro_batch),
-         "--global-batch", str(cfg.global_batch), "--lr", repr(cfg.lr), "--eval-interval", str(cfg.eval_interval),
-         "--save-interval", str(cfg.save_interval), "--seed", str(cfg.seed)]
-    if cfg.seq_length:
-        a += ["--seq-len", str(cfg.seq_length)]
-    if cfg.tokenizer:
-        a += ["--tokenizer", cfg.tokenizer]
-    if cfg.resume:
-        a.append("--resume")
-    if cfg.blend_schedule:
-        a += ["--blend-schedule", cfg.blend_schedule]
-    for name, prefix in sorted(cfg.synthetic.items()):
-        a += ["--synthetic", f"{name}={prefix}"]
-    if cfg.stop_at_sample is not None:
-        a += ["--stop-at-sample", str(cfg.stop_at_sample)]
-    return a
 
 
 def launch_prefix(parallel: ParallelConfig, python: str = sys.executable, env=None) -> List[str]:
@@ -193,21 +177,33 @@ class CliRunner(SubprocessRunner):
         self.run_command("prepare", cmd)
 
     def pretrain(self, cfg, parallel, grace_s=240):
+        from synpro_megatron.pretrain.launch import config_to_args
+
         prefix = launch_prefix(parallel, self.python, self.env)
-        cmd = prefix + ["-m", "synpro_megatron.pretrain"] + pretrain_cli_args(cfg)
+        cmd = prefix + ["-m", "synpro_megatron.pretrain"] + config_to_args(cfg)
         local_torchrun = "torch.distributed.run" in prefix and prefix[0] != "srun"
         # torchrun waits this long for the ranks to checkpoint after a signal (default 30 s)
         self.run_command("pretrain", cmd, {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(grace_s)},
                          signal_children=local_torchrun)
 
-    def probe(self, checkpoint, run_dir, args=()):
-        self.run_command("probe", self._cli("probe", "--checkpoint", checkpoint, "--run-dir", run_dir, *args))
+    def probe(self, run_dir, round_k, checkpoint, args=()):
+        self.run_command("probe", self._cli("probe", "--run-dir", run_dir, "--round", str(round_k),
+                                            "--checkpoint", checkpoint, *args))
 
-    def train_generator(self, kind, checkpoint, run_dir, args=()):
+    def train_generator(self, kind, run_dir, round_k, checkpoint, args=(), organic=None):
         self.run_command(f"train_generator:{kind}", self._cli(
-            "train-generator", "--kind", kind, "--checkpoint", checkpoint, "--run-dir", run_dir, *args))
+            "train-generator", "--kind", kind, "--run-dir", run_dir, "--round", str(round_k),
+            "--checkpoint", checkpoint, *_organic(organic), *args))
 
-    def synthesize(self, kind, generator, round_k, run_dir, args=()):
-        self.run_command(f"synthesize:{kind}", self._cli(
-            "synthesize", "--kind", kind, "--generator", generator, "--round", str(round_k), "--run-dir", run_dir,
-            *args))
+    def synthesize(self, kind, run_dir, round_k, generator=None, args=(), organic=None):
+        # rank and world are given, never inherited: inside a Slurm job or under torchrun the
+        # environment's SLURM_PROCID/RANK describe the surrounding job, not this synthesis
+        cmd = self._cli("synthesize", "--kind", kind, "--run-dir", run_dir, "--round", str(round_k),
+                        "--rank", "0", "--world-size", "1", *_organic(organic), *args)
+        if generator:
+            cmd += ["--generator", generator]
+        self.run_command(f"synthesize:{kind}", cmd)
+
+
+def _organic(prefix: Optional[str]) -> List[str]:
+    return ["--organic", prefix] if prefix else []

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .fsutil import atomic_write_json, read_json
+from synpro_megatron.fsutil import atomic_write_json, read_json
 
 STATE_VERSION = 1
 DONE = "done"

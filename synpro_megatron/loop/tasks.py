@@ -5,8 +5,8 @@ the output checks with the controller (`synpro run`), so a pipeline of Slurm job
 controller can work on the same run directory. Heavy imports stay inside the functions: the
 recipe factories import this module and must stay cheap.
 
-`payload="fake"` swaps the real work for `synpro_megatron.loop.fake` (same files, no training):
-it exercises the Slurm/NeMo-Run plumbing in seconds.
+`payload="fake"` swaps the real work for the smoke payload `synpro_megatron.loop.smoke` (same
+files, no training): it exercises the Slurm/NeMo-Run plumbing in seconds.
 
 `num_nodes`/`num_gpus_per_node` on the single-process stages (probe, generator RL, synthesis)
 are the resources their job is sized for (NeMo's recipe convention; `synpro_pipeline` builds the
@@ -16,8 +16,8 @@ executor from them); the stage itself uses the devices it can see.
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .fsutil import dir_has_files, read_json
-from .layout import RunLayout, source_name
+from synpro_megatron.fsutil import dir_has_files, read_json
+from synpro_megatron.rundir import RunDir, source_name
 
 PAYLOADS = ("real", "fake")
 
@@ -26,9 +26,9 @@ def _runner(payload: str):
     if payload not in PAYLOADS:
         raise ValueError(f"payload must be one of {PAYLOADS}, got {payload!r}")
     if payload == "fake":
-        from .fake import FakeRunner
+        from .smoke import SmokeRunner
 
-        return FakeRunner()
+        return SmokeRunner()
     from .runner import CliRunner
 
     return CliRunner()
@@ -46,7 +46,7 @@ def _not_rank0() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
-def _checkpoint(layout: RunLayout, checkpoint: Optional[str]) -> str:
+def _checkpoint(layout: RunDir, checkpoint: Optional[str]) -> str:
     ckpt = checkpoint or layout.latest_checkpoint()
     if ckpt is None:
         raise FileNotFoundError(f"{layout.checkpoints}: no checkpoint yet (no 'latest'); pass checkpoint=")
@@ -68,7 +68,7 @@ def pretrain_task(run_dir: str, data: Optional[str] = None, model: str = "tiny",
     """
     from synpro_megatron.pretrain.config import PretrainConfig
 
-    layout = RunLayout(run_dir)
+    layout = RunDir(run_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "WORLD_SIZE" in os.environ and world != num_nodes * num_gpus_per_node:
         raise ValueError(f"pretrain_task: launched with WORLD_SIZE={world}, but the recipe asks for num_nodes*"
@@ -80,7 +80,7 @@ def pretrain_task(run_dir: str, data: Optional[str] = None, model: str = "tiny",
         resume=bool(resume and layout.latest_step() is not None), blend_schedule=blend_schedule,
         synthetic=dict(synthetic or {}), stop_at_sample=stop_at_sample)
     if payload == "fake":
-        from .fake import fake_pretrain
+        from .smoke import fake_pretrain
         import dataclasses
 
         if os.environ.get("RANK", "0") == "0":  # the fake trainer is one process; other ranks idle
@@ -106,9 +106,9 @@ def probe_task(run_dir: str, round: int = 1, num_nodes: int = 1, num_gpus_per_no
     """Reference-set projected gradients at `checkpoint` (default: the newest) for round `round`."""
     if _not_rank0():
         return {"probe": None, "rank": int(os.environ["RANK"])}
-    layout = RunLayout(run_dir)
+    layout = RunDir(run_dir)
     ckpt = _checkpoint(layout, checkpoint)
-    _runner(payload).probe(ckpt, layout.round_dir(round), args or [])
+    _runner(payload).probe(run_dir, round, ckpt, args or [])
     if not dir_has_files(layout.probe_dir(round)):
         raise FileNotFoundError(f"probe wrote nothing under {layout.probe_dir(round)}")
     return {"probe": layout.probe_dir(round), "checkpoint": ckpt}
@@ -120,9 +120,9 @@ def generator_rl_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_
     """GRPO-train the `kind` generator against `checkpoint` (default: the newest)."""
     if _not_rank0():
         return {"generator": None, "rank": int(os.environ["RANK"])}
-    layout = RunLayout(run_dir)
+    layout = RunDir(run_dir)
     ckpt = _checkpoint(layout, checkpoint)
-    _runner(payload).train_generator(kind, ckpt, layout.round_dir(round), args or [])
+    _runner(payload).train_generator(kind, run_dir, round, ckpt, args or [])
     out = layout.generator_dir(round, kind)
     if not dir_has_files(out):
         raise FileNotFoundError(f"train-generator wrote no generator under {out}")
@@ -135,9 +135,8 @@ def synthesis_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_nod
     """Write round `round` of `kind` synthetic data with the trained generator."""
     if _not_rank0():
         return {"prefix": None, "rank": int(os.environ["RANK"])}
-    layout = RunLayout(run_dir)
-    gen = generator or layout.generator_dir(round, kind)
-    _runner(payload).synthesize(kind, gen, round, run_dir, args or [])
+    layout = RunDir(run_dir)
+    _runner(payload).synthesize(kind, run_dir, round, generator or layout.generator_dir(round, kind), args or [])
     prefix = layout.synthetic_prefix(round, kind)
     _require([prefix + ".bin", prefix + ".idx"], "synthesize")
     return {"prefix": prefix}
@@ -147,52 +146,35 @@ def blend_task(run_dir: str, round: int = 1, kinds: Optional[List[str]] = None, 
                organic: float = 0.5, new_round: Optional[Dict[str, float]] = None,
                earlier_rounds: float = 0.1, max_epochs: Optional[float] = 4.0) -> dict:
     """Extend the blend schedule with round `round` from `start_sample` (default: the samples
-    consumed at the newest checkpoint). Reads blend/schedule_round_{round-1}.json, writes
-    blend/schedule_round_{round}.json. Each new source is read at most `max_epochs` times over
-    the rest of the run (its pretrain_config.json gives the budget); None: no cap."""
+    consumed at the newest checkpoint): `loop.blend.extend_blend`, as `synpro run` does it. The
+    budget the epoch caps divide comes from the run's pretrain_config.json (the trainer writes it)."""
     if _not_rank0():
         return {"blend_schedule": None, "rank": int(os.environ["RANK"])}
-    from .blend import epoch_caps, extend_schedule, load_schedule
+    from synpro_megatron.pretrain.config import PretrainConfig
+
+    from .blend import extend_blend
     from .config import BlendWeights
 
-    layout = RunLayout(run_dir)
+    layout = RunDir(run_dir)
     kinds = list(kinds or ["rephrase", "reformat"])
     weights = BlendWeights(organic=organic, new_round=dict(new_round or {k: 0.25 for k in kinds}),
-                           earlier_rounds=earlier_rounds)
+                           earlier_rounds=earlier_rounds, max_epochs=max_epochs)
     if start_sample is None:
         ckpt = _checkpoint(layout, None)
         state_file = os.path.join(ckpt, "synpro_state.json")
         _require([state_file], "blend_task needs the checkpoint's consumed_samples")
         start_sample = int(read_json(state_file)["consumed_samples"])
-    for kind in kinds:
-        prefix = layout.synthetic_prefix(round, kind)
-        _require([prefix + ".bin", prefix + ".idx"], f"blend round {round}")
-        if os.path.getsize(prefix + ".bin") == 0:
-            # the pipeline's pretrain job was built with this source; an empty one cannot be blended
-            raise ValueError(f"{prefix}.bin is empty: no {kind} document passed the faithfulness gate in round "
-                             f"{round} (see {prefix}.dropped.jsonl); synthesize more documents and rerun")
-    base = load_schedule(layout.blend_schedule(round - 1)) if round > 1 else None
-    caps = {}
-    cfg_path = os.path.join(run_dir, "pretrain_config.json")
-    if max_epochs and os.path.exists(cfg_path):
-        from synpro_megatron.pretrain.config import PretrainConfig
-
-        pcfg = PretrainConfig.from_dict(read_json(cfg_path))
-        prefixes = {name: prefix for name, prefix in synthetic_sources(run_dir, round, kinds).items()
-                    if os.path.exists(prefix + ".idx") and os.path.getsize(prefix + ".bin")}
-        caps = epoch_caps(prefixes, pcfg.model_config().seq_length, pcfg.max_steps * pcfg.global_batch - start_sample,
-                          max_epochs)
-    schedule = extend_schedule(base, start_sample, round, kinds, weights, caps)
-    path = layout.blend_schedule(round)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    schedule.save(path)
-    return {"blend_schedule": path, "start_sample": start_sample, "epoch_caps": caps,
-            "synthetic": synthetic_sources(run_dir, round, kinds)}
+    _require([layout.pretrain_config], "blend_task needs the pretraining budget")
+    pcfg = PretrainConfig.from_dict(read_json(layout.pretrain_config))
+    ext = extend_blend(run_dir, round, kinds, start_sample, weights, pcfg.model_config().seq_length,
+                       pcfg.max_steps * pcfg.global_batch)
+    return {"blend_schedule": ext.path, "start_sample": start_sample, "epoch_caps": ext.caps,
+            "empty": ext.empty, "synthetic": ext.synthetic}
 
 
 def synthetic_sources(run_dir: str, rounds: int, kinds: Sequence[str]) -> Dict[str, str]:
     """Blend source name -> dataset prefix for rounds 1..`rounds` (what pretrain needs)."""
-    layout = RunLayout(run_dir)
+    layout = RunDir(run_dir)
     return {source_name(k, kind): layout.synthetic_prefix(k, kind) for k in range(1, rounds + 1) for kind in kinds}
 
 

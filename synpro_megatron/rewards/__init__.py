@@ -10,12 +10,12 @@ from synpro_megatron.rewards.combine import (RAW_REWARD_KEYS, CombinedReward, Re
 from synpro_megatron.rewards.faithfulness import (FaithfulnessConfig, FaithfulnessResult, faithfulness,
                                                   faithfulness_batch)
 from synpro_megatron.rewards.format import format_reward, format_rewards
-from synpro_megatron.rewards.influence import GradientDotScorer, InfluenceReward, InfluenceScorer
+from synpro_megatron.rewards.influence import InfluenceReward, InfluenceScorer
 from synpro_megatron.rewards.quality import QualityConfig, QualityResult, heuristic_quality, quality_reward
 
 __all__ = [
     "CombinedReward", "RewardWeights", "RAW_REWARD_KEYS", "trl_reward_functions", "zscore",
     "FaithfulnessConfig", "FaithfulnessResult", "faithfulness", "faithfulness_batch",
-    "format_reward", "format_rewards", "GradientDotScorer", "InfluenceReward", "InfluenceScorer",
+    "format_reward", "format_rewards", "InfluenceReward", "InfluenceScorer",
     "QualityConfig", "QualityResult", "heuristic_quality", "quality_reward",
 ]

