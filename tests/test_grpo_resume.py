@@ -15,25 +15,12 @@ from pathlib import Path
 import pytest
 
 from synpro_megatron.rl.grpo import REWARD_LOG, RUN_CONFIG, latest_checkpoint, read_reward_log
+from tiny_generator import make_tiny_generator
 
 
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from synpro_megatron.generators.backends import load_generator_tokenizer
-    from synpro_megatron.generators.smollm2 import smollm2_path
-
-    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    out = tmp_path_factory.mktemp("tiny_generator")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return make_tiny_generator(tmp_path_factory.mktemp("tiny_generator"))
 
 
 def _cmd(generator, run_dir, *extra):

@@ -23,7 +23,8 @@ def test_vllm_cpu_generation_weight_refresh_and_synthesis(tmp_path, monkeypatch)
     from synpro_megatron.generators.backends import RemoteVLLMBackend, make_backend
     from synpro_megatron.generators.prompts import render_messages
     from synpro_megatron.generators.smollm2 import smollm2_path
-    from synpro_megatron.generators.synthesize import SynthesisConfig, run_synthesis
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.job import run_synthesis
 
     original = str(smollm2_path(with_weights=True))
     monkeypatch.setenv("SYNPRO_VLLM_PYTHON", VLLM_PYTHON)

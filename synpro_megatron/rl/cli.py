@@ -39,8 +39,9 @@ def register_cli(sub) -> None:
                    help="checkpoint the trainer every N steps (default 50, as the paper's 30-60)")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its newest checkpoint (step count, reward log, data order)")
-    t.add_argument("--gpus", type=int, default=1,
-                   help="GPUs on this node to train on (N > 1: relaunch under accelerate, one colocated vLLM per GPU)")
+    t.add_argument("--gpus", default="1",
+                   help="GPUs on this node to train on: N or 'all' (the visible ones); more than one relaunches "
+                        "under accelerate with one colocated vLLM engine per GPU")
     t.add_argument("--strategy", choices=["zero2", "fsdp"], default="zero2",
                    help="multi-GPU sharding: DeepSpeed ZeRO-2 (the paper's) or FSDP2")
     add_sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
@@ -71,17 +72,21 @@ def _train_cli(args) -> int:
         use_vllm=False if args.no_vllm else None, few_shot=args.few_shot,
         save_steps=args.save_steps or DEFAULT_SAVE_STEPS, resume=args.resume, temperature=sampling.temperature,
         top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
-    if args.gpus > 1 and not launch.inside_distributed_launch():
+    visible = launch.visible_gpus() if args.gpus != "1" else 1
+    try:
+        gpus = max(1, visible) if args.gpus == "all" else int(args.gpus)
+    except ValueError:
+        return _error("train-generator", ValueError(f"--gpus {args.gpus!r}: expected a number or 'all'"))
+    if gpus > 1 and not launch.inside_distributed_launch():
         import subprocess
 
-        visible = launch.visible_gpus()
-        if visible < args.gpus:
-            return _error("train-generator", ValueError(f"--gpus {args.gpus} but {visible} GPU(s) are visible"))
+        if visible < gpus:
+            return _error("train-generator", ValueError(f"--gpus {gpus} but {visible} GPU(s) are visible"))
         argv = sys.argv[sys.argv.index("train-generator"):] if "train-generator" in sys.argv else None
         if argv is None:
             return _error("train-generator", ValueError("--gpus N > 1 needs the synpro command line to relaunch"))
         out_dir = generator_output_dir(cfg)
-        cmd = launch.relaunch_command(argv, args.gpus, args.strategy, out_dir.parent / f".{out_dir.name}.launch")
+        cmd = launch.relaunch_command(argv, gpus, args.strategy, out_dir.parent / f".{out_dir.name}.launch")
         print("train-generator: " + " ".join(cmd), flush=True)
         return subprocess.call(cmd)
     try:

@@ -93,6 +93,8 @@ def trained_with_few_shot(generator: str) -> bool:
 def _pin_local_gpu(cfg: SynthesisConfig, world: int) -> None:
     # One vLLM engine per rank: show each rank only its own GPU (before anything touches CUDA).
     local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    if int(os.environ.get("SYNPRO_VLLM_TP") or 1) > 1:
+        return  # a tensor-parallel engine spans the GPUs srun --gpus-per-task gave this rank
     if world > 1 and local is not None and cfg.backend in ("auto", "vllm"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         devices = visible.split(",") if visible else None
