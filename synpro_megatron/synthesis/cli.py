@@ -24,7 +24,8 @@ def register_cli(sub) -> None:
     s.add_argument("--organic", default=None, help="prepared organic prefix (default: RUN_DIR/data/organic)")
     s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
     s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
-    s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="documents per journal batch and generation call (default 1024 with vLLM on GPU, else 16)")
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--max-source-tokens", type=int, default=None)
     add_sampling_args(s, "synthesis (default: as the generator's GRPO rollouts sampled)")

@@ -19,7 +19,9 @@ class SynthesisConfig:
     doc_losses: Optional[str] = None  # .npy aligned with the source pool, or jsonl {"id", "loss"}
     limit: Optional[int] = None
     backend: str = "auto"  # auto | hf | vllm
-    batch_size: int = 16  # source documents per journal batch
+    # source documents per journal batch = per generation call. None: 1024 on a GPU with vLLM (the
+    # engine schedules thousands of prompts at once), 16 otherwise (transformers, or vLLM on CPU)
+    batch_size: Optional[int] = None
     max_new_tokens: int = 1024
     max_source_tokens: Optional[int] = None  # extra cap on a piece (default: what the window allows)
     # sampling: None = as the generator's GRPO rollouts sampled (its synpro_generator.json), else

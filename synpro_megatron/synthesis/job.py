@@ -49,6 +49,18 @@ def rank_and_world(cfg: SynthesisConfig) -> tuple[int, int]:
     return rank, world
 
 
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 1024, 16
+
+
+def default_batch_size(cfg: SynthesisConfig) -> int:
+    """Documents per generation call: large on a GPU vLLM engine (its scheduler keeps the GPU full
+    with thousands of prompts), small elsewhere (a journal batch is also the unit lost on a crash)."""
+    from synpro_megatron.generators.backends import vllm_available
+
+    gpu_vllm = cfg.backend in ("auto", "vllm") and vllm_available() and not os.environ.get("SYNPRO_VLLM_PYTHON")
+    return GPU_BATCH_SIZE if gpu_vllm else CPU_BATCH_SIZE
+
+
 def default_generator(cfg: SynthesisConfig) -> Optional[str]:
     """The generator `synpro train-generator --run-dir ROOT --round K` trained for this kind, when
     there is one; None (the offline SmolLM2) otherwise."""
@@ -115,6 +127,8 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
     Returns the manifest entry (rank 0) or this rank's summary. `backend`: a ready generator
     backend (default: built from cfg.backend and cfg.generator)."""
     check_kind(cfg.kind)
+    if cfg.batch_size is None:
+        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(cfg))
     if cfg.batch_size < 1 or cfg.candidates < 1:
         raise ValueError("batch_size and candidates must be >= 1")
     rank, world = rank_and_world(cfg)
