@@ -45,7 +45,7 @@ def test_killed_grpo_resumes_to_the_same_steps_and_reward_log(tiny_generator, tm
     # uninterrupted reference run
     ref_dir = tmp_path / "ref"
     subprocess.run(_cmd(tiny_generator, ref_dir), check=True, env=_env(), timeout=400)
-    ref_out = ref_dir / "generators" / "round_1" / "rephrase"
+    ref_out = ref_dir / "rounds" / "round_1" / "generators" / "rephrase"
     ref_log = read_reward_log(str(ref_out))
     assert [line["step"] for line in ref_log] == [1, 2, 3]
     meta = json.loads((ref_out / "synpro_generator.json").read_text())
@@ -65,7 +65,7 @@ def test_killed_grpo_resumes_to_the_same_steps_and_reward_log(tiny_generator, tm
 
     # the same run, killed with SIGKILL once the step-2 checkpoint is complete
     run_dir = tmp_path / "run"
-    work = run_dir / "generators" / "round_1" / ".rephrase.work"
+    work = run_dir / "rounds" / "round_1" / "generators" / ".rephrase.work"
     proc = subprocess.Popen(_cmd(tiny_generator, run_dir), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
@@ -77,7 +77,7 @@ def test_killed_grpo_resumes_to_the_same_steps_and_reward_log(tiny_generator, tm
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after its checkpoint"
     assert latest_checkpoint(work).name == "checkpoint-2"
-    assert not (run_dir / "generators" / "round_1" / "rephrase").exists()
+    assert not (run_dir / "rounds" / "round_1" / "generators" / "rephrase").exists()
     before = read_reward_log(str(work))
     assert [line["step"] for line in before][:2] == [1, 2]
 
@@ -86,7 +86,7 @@ def test_killed_grpo_resumes_to_the_same_steps_and_reward_log(tiny_generator, tm
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout and "at step 2" in done.stdout
-    out = run_dir / "generators" / "round_1" / "rephrase"
+    out = run_dir / "rounds" / "round_1" / "generators" / "rephrase"
     log = read_reward_log(str(out))
     assert [line["step"] for line in log] == [1, 2, 3]
     assert log[:2] == before[:2]  # the lines written before the kill are kept, not rewritten

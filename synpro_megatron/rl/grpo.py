@@ -42,7 +42,7 @@ REWARD_LOG_KEYS = ("faithfulness", "gate_pass_rate", "quality", "format", "influ
 DEFAULT_SAVE_STEPS = 50  # the paper saves every 30-60 steps of its 120-300
 RUN_CONFIG = "grpo_run.json"  # in the work folder: what a --resume must agree with
 # settings a resumed run must share with the interrupted one (others, e.g. steps, may change)
-RESUME_MUST_MATCH = ("kind", "generator", "source_jsonl", "num_prompts", "num_generations", "prompts_per_device",
+RESUME_MUST_MATCH = ("kind", "generator", "source_jsonl", "organic", "num_prompts", "num_generations", "prompts_per_device",
                      "gradient_accumulation_steps", "seed", "max_completion_length", "max_source_tokens",
                      "few_shot", "influence")
 
