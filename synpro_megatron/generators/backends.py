@@ -289,14 +289,18 @@ class VLLMBackend:
 
     def __init__(self, generator: Optional[str] = None, dtype: str = "bfloat16", max_model_len: Optional[int] = None,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, seed: int = 0,
-                 enforce_eager: bool = False):
+                 enforce_eager: Optional[bool] = None):
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError(
                 "VLLMBackend needs vLLM (GPU): pip install 'synpro-megatron[gpu]'; on CPU use HFBackend "
                 "(--backend hf)"
             )
         _offline_env()
+        import torch
         from vllm import LLM
+
+        if enforce_eager is None:  # on CPU, torch.compile's warm-up costs minutes and buys little here
+            enforce_eager = not torch.cuda.is_available()
 
         self.path = resolve_generator_path(generator)
         self.tokenizer = load_generator_tokenizer(self.path)
