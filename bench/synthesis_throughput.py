@@ -7,6 +7,14 @@ idle machine CPU time equals wall time) and also reported as wall time.
 GPU (CUDA + vLLM installed): VLLMBackend vs HFBackend on the same prompts, wall time; goal >= 10x.
 
     python bench/synthesis_throughput.py [--docs 4] [--max-new-tokens 64] [--rounds 3]
+    python bench/synthesis_throughput.py --job [--docs 8] [--batch-size 4]   # job overhead
+
+--job: documents/s and generated tokens/s of our synthesis job (`run_synthesis`: chunking,
+prompts, generation, clean-up, the faithfulness gate and quality scoring, the journal, finalize
+into an IndexedDataset) against a plain loop that only generates from the same prompts (same
+pieces, batches, seeds and backend), side by side in one process. The ratio job/plain is the
+job's own overhead; goal <= 1.15. With --vllm-python the backend is the vLLM engine of that
+environment (e.g. .venv-vllm-cpu), else transformers.
 """
 from __future__ import annotations
 
@@ -60,14 +68,81 @@ def measure(backend, prompts, max_new_tokens, batch_size, seed, gpu):
     return backend.last_generated_tokens, secs, wall
 
 
+def job_overhead(args) -> None:
+    """Our synthesis job vs a plain generation loop over the same prompts (see the module doc)."""
+    import tempfile
+
+    import torch
+
+    from synpro_megatron.generators.backends import make_backend
+    from synpro_megatron.generators.chunking import chunk_source, piece_token_budget
+    from synpro_megatron.synthesis.config import SynthesisConfig
+    from synpro_megatron.synthesis.job import run_synthesis
+    from synpro_megatron.synthesis.rewrite import batch_seed, prompt_overhead, render_prompt
+    from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE, load_sources
+
+    backend = make_backend("vllm" if args.vllm_python else "hf", None,
+                           **({"vllm_python": args.vllm_python} if args.vllm_python else {}))
+    name = type(backend).__name__
+    docs = load_sources(str(PACKAGED_SAMPLE), None)[:args.docs]
+    base = dict(kind="rephrase", round=1, source_jsonl=str(PACKAGED_SAMPLE), limit=args.docs,
+                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                max_source_tokens=args.max_source_tokens, temperature=1.0, top_p=0.9, repetition_penalty=1.0)
+
+    def plain():
+        cfg = SynthesisConfig(run_dir="", **base)
+        tok = backend.tokenizer
+        count = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731
+        budget = min(args.max_source_tokens, piece_token_budget(
+            backend.context_length, prompt_overhead(tok, cfg), cfg.max_new_tokens, cfg.kind))
+        toks = 0
+        for b in range(0, len(docs), args.batch_size):
+            pieces = [p for d in docs[b:b + args.batch_size] for p in chunk_source(d.text, count, budget)]
+            backend.generate([render_prompt(cfg, p) for p in pieces], n=1, temperature=1.0, top_p=0.9,
+                             max_new_tokens=cfg.max_new_tokens, seed=batch_seed(cfg, b // args.batch_size))
+            toks += backend.last_generated_tokens
+        return toks
+
+    def job():
+        with tempfile.TemporaryDirectory() as d:
+            run_synthesis(SynthesisConfig(run_dir=d, **base), backend=backend)
+            return sum(
+                json.loads(line).get("generated_tokens", 0)
+                for p in Path(d, "synthetic").rglob("journal.rank*.jsonl") for line in open(p) if line.strip())
+
+    job()  # warm-up: loads the gate models (MiniLM, spaCy) once, as a long job would
+    rows = {"plain generate loop": [], "synthesis job": []}
+    for _ in range(args.rounds):  # interleaved so both see the same machine load
+        for label, fn in (("plain generate loop", plain), ("synthesis job", job)):
+            c0, w0 = time.process_time(), time.perf_counter()
+            toks = fn()
+            rows[label].append((time.process_time() - c0, time.perf_counter() - w0, toks))
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"backend {name}, {args.docs} documents, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
+          f"median of {args.rounds} rounds")
+    print("| loop | docs/s (CPU time) | tokens/s (CPU time) | docs/s (wall) | ratio (CPU time) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    plain_cpu = statistics.median(r[0] for r in rows["plain generate loop"])
+    for label, values in rows.items():
+        cpu = statistics.median(v[0] for v in values)
+        wall = statistics.median(v[1] for v in values)
+        toks = statistics.median(v[2] for v in values)
+        print(f"| {label} | {args.docs / cpu:.3f} | {toks / cpu:.1f} | {args.docs / wall:.3f} | {cpu / plain_cpu:.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--job", action="store_true", help="synthesis job vs a plain generation loop (overhead ratio)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--vllm-python", default=None, help="--job: use the vLLM engine of this interpreter's venv")
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-source-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.job:
+        return job_overhead(args)
 
     import torch
 

@@ -56,19 +56,18 @@ def synpro_pipeline(
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     mod = SIZES[size]
     kinds = list(kinds)
-    pre = mod.pretrain_recipe(dir=dir, name=name, num_nodes=num_nodes,
-                              **({"num_gpus_per_node": num_gpus_per_node} if num_gpus_per_node else {}))
+    pre = mod.pretrain_recipe(dir=dir, name=name, num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node)
     if max_steps is not None:
-        pre.max_steps = max_steps
-    pre.data = data
+        pre.trainer.max_steps = max_steps
+    pre.data.prefix = data
     pre.payload = payload
-    pre.stop_at_sample = refresh_at_sample or (pre.max_steps // 2) * pre.global_batch
+    pre.stop_at_sample = refresh_at_sample or (pre.trainer.max_steps // 2) * pre.trainer.global_batch
     resume = copy.deepcopy(pre)
     resume.stop_at_sample = None
     rd = common.run_dir(dir, name)
-    resume.blend_schedule = RunDir(rd).blend_schedule(round)
-    resume.synthetic = synthetic_sources(rd, round, kinds)
-    gpus = pre.num_gpus_per_node
+    resume.data.blend_schedule = RunDir(rd).blend_schedule(round)
+    resume.data.synthetic = synthetic_sources(rd, round, kinds)
+    gpus = pre.trainer.num_gpus_per_node
 
     template = executor if executor is not None else local_executor()
     train_ex = stage_executor(template, num_nodes, gpus, torchrun=True)

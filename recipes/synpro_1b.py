@@ -1,66 +1,16 @@
-"""SynPro 1b: 1.1B parameters (16 layers, hidden 2048), as in the SynPro paper.
+"""SynPro 1b - 1.1B parameters (16 layers, hidden 2048), as in the SynPro paper.
 
     nemo synpro pretrain --factory synpro_1b
-    nemo synpro pretrain --factory "synpro_1b(num_nodes=2, name='my_run')" max_steps=100
-    recipe = pretrain_recipe(name="my_run", num_nodes=1)     # from Python
+    nemo synpro pretrain --factory "synpro_1b(num_nodes=2, name='my_run')" trainer.max_steps=100
+    recipe = pretrain_recipe(name="my_run"); recipe.trainer.tp = 2     # from Python
+
+Only what differs per size lives here; the factories come from common.define_recipes.
 """
-
-from typing import Callable, List, Optional
-
-import nemo_run as run
-
-from synpro_megatron.loop import tasks
-
 from . import common
 
 NAME = "synpro_1b"
-MODEL = "1b"
+SIZE = common.Size(model="1b", num_gpus_per_node=8, tp=2, micro_batch=4, global_batch=512, max_steps=20000,
+                   lr=3e-4, eval_interval=500, save_interval=1000)
 
-
-@run.cli.factory(target=tasks.pretrain_task, name=NAME)
-def pretrain_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
-                    num_gpus_per_node: int = 8, tensor_parallelism: int = 2, pipeline_parallelism: int = 1,
-                    micro_batch: int = 4, global_batch: int = 512, max_steps: int = 20000, lr: float = 3e-4,
-                    eval_interval: int = 500, save_interval: int = 1000, data: Optional[str] = None,
-                    seq_length: Optional[int] = None, fn: Callable = tasks.pretrain_task) -> run.Partial:
-    """Pretraining (resumes from DIR/NAME/checkpoints when there is one). data: organic prefix
-    (default DIR/NAME/data/organic)."""
-    return common.pretrain(MODEL, dir, name, num_nodes, num_gpus_per_node, tensor_parallelism,
-                           pipeline_parallelism, micro_batch, global_batch, max_steps, lr, eval_interval,
-                           save_interval, data, seq_length, fn=fn)
-
-
-@run.cli.factory(target=tasks.probe_task, name=NAME)
-def probe_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
-                 num_gpus_per_node: int = 8, round: int = 1, checkpoint: Optional[str] = None,
-                 args: Optional[List[str]] = None, fn: Callable = tasks.probe_task) -> run.Partial:
-    """Reference-set projected gradients at the newest (or given) checkpoint."""
-    return common.probe(dir, name, num_nodes, num_gpus_per_node, round, checkpoint, args, fn=fn)
-
-
-@run.cli.factory(target=tasks.generator_rl_task, name=NAME)
-def generator_rl_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
-                        num_gpus_per_node: int = 8, kind: str = "rephrase", round: int = 1,
-                        checkpoint: Optional[str] = None, args: Optional[List[str]] = None,
-                        fn: Callable = tasks.generator_rl_task) -> run.Partial:
-    """GRPO training of the rephrase/reformat generator against this model's checkpoint."""
-    return common.generator_rl(dir, name, num_nodes, num_gpus_per_node, kind, round, checkpoint, args, fn=fn)
-
-
-@run.cli.factory(target=tasks.synthesis_task, name=NAME)
-def synthesis_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
-                     num_gpus_per_node: int = 8, kind: str = "rephrase", round: int = 1,
-                     generator: Optional[str] = None, args: Optional[List[str]] = None,
-                     fn: Callable = tasks.synthesis_task) -> run.Partial:
-    """Synthesis of round ROUND with the trained KIND generator."""
-    return common.synthesis(dir, name, num_nodes, num_gpus_per_node, kind, round, generator, args, fn=fn)
-
-
-@run.cli.factory(target=tasks.blend_task, name=NAME)
-def blend_recipe(dir: Optional[str] = None, name: str = "default", round: int = 1,
-                 kinds: Optional[List[str]] = None, organic: float = 0.5, new_round: Optional[dict] = None,
-                 earlier_rounds: float = 0.1, fn: Callable = tasks.blend_task) -> run.Partial:
-    """Extend the blend schedule with round ROUND from the newest checkpoint's sample on."""
-    kinds = list(kinds or ["rephrase", "reformat"])
-    return common.blend(dir, name, round, kinds, organic, new_round or {k: 0.25 for k in kinds}, earlier_rounds,
-                        fn=fn)
+pretrain_recipe, probe_recipe, generator_rl_recipe, synthesis_recipe, blend_recipe = common.define_recipes(
+    NAME, SIZE, __name__)

@@ -68,13 +68,23 @@ else
         say "error: set SYNPRO_DATA (prepared prefix), SYNPRO_INPUT (JSONL) or SYNPRO_CONFIG" >&2
         exit 2
     fi
+    # synthesis: srun over SYNTH_NODES x SYNTH_TASKS ranks (the controller's CliRunner launches it)
+    SYNTH_LINE=", vllm_tp: ${SYNPRO_VLLM_TP:-1}"
+    if [ "${SYNPRO_SMOKE:-0}" = 1 ]; then
+        SYNTH_LINE="$SYNTH_LINE, synthesis_nodes: ${SYNPRO_SYNTH_NODES:-1}, synthesis_tasks_per_node: ${SYNPRO_SYNTH_TASKS_PER_NODE:-1}"
+    else
+        SYNTH_LINE="$SYNTH_LINE, synthesis_nodes: ${SYNPRO_SYNTH_NODES:-${SLURM_JOB_NUM_NODES:-$NNODES}}"
+        if [ -n "${SYNPRO_SYNTH_TASKS_PER_NODE:-}" ]; then
+            SYNTH_LINE="$SYNTH_LINE, synthesis_tasks_per_node: $SYNPRO_SYNTH_TASKS_PER_NODE"
+        fi
+    fi
     cat > "$CONFIG.tmp" <<YAML
 # written by slurm/common.sh for job $JOB
 model: $MODEL
 $DATA_LINE
 token_budget: $TOKENS
 max_rounds: $ROUNDS
-parallel: {tp: $TP, pp: $PP, nproc_per_node: $NPROC, nnodes: $NNODES}
+parallel: {tp: $TP, pp: $PP, nproc_per_node: $NPROC, nnodes: $NNODES$SYNTH_LINE}
 train: {micro_batch: $MICRO, global_batch: $GLOBAL, eval_interval: $EVAL, save_interval: $SAVE, chunk_evals: $CHUNK}
 YAML
     mv "$CONFIG.tmp" "$CONFIG"

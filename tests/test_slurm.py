@@ -253,3 +253,59 @@ def test_failed_upstream_cancels_the_rest_of_the_pipeline(tmp_path):
     states = {name: infos[jid]["JobState"] for name, jid in ids.items()}
     assert states["pretrain"] == "FAILED"
     assert all(states[n] == "CANCELLED" for n in STAGES[1:]), states
+
+
+def test_readme_sbatch_lines_work_from_a_fresh_clone():
+    """`#SBATCH --output=logs/%x-%j.out` needs logs/ at submit time: the folder ships (tracked)."""
+    r = subprocess.run(["git", "ls-files", "logs"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "logs/.gitignore" in r.stdout.split(), r.stdout + r.stderr
+    assert "#SBATCH --output=logs/%x-%j.out" in _read(os.path.join(REPO, "slurm", "synpro_1b.sh"))
+
+
+SYNTH_JOB = textwrap.dedent("""\
+    #!/bin/bash
+    # the loop's synthesis stage inside a 2-node allocation: CliRunner launches srun over 2 x 2 ranks
+    set -euo pipefail
+    "$SYNPRO_PYTHON" - <<'PY'
+    import os
+    from synpro_megatron.loop.config import ParallelConfig
+    from synpro_megatron.loop.runner import CliRunner
+
+    runner = CliRunner(parallel=ParallelConfig(nnodes=2, nproc_per_node=2))
+    runner.synthesize("rephrase", os.environ["RUN"], 1, generator=os.environ["GEN"],
+                      args=["--source-jsonl", os.environ["SRC"], "--limit", "8", "--batch-size", "1",
+                            "--max-new-tokens", "8", "--max-source-tokens", "48", "--backend", "hf"])
+    print("synthesis stage done")
+    PY
+""")
+
+
+@pytest.mark.slow
+def test_loop_synthesis_stage_runs_over_two_nodes_times_two_ranks(tmp_path):
+    """Inside an sbatch allocation the loop's synthesis stage is one srun step of 2 nodes x 2
+    tasks, each rank told its rank and world explicitly (the surrounding job's SLURM_PROCID and
+    SLURM_NTASKS describe the batch step, not the synthesis): every selected document is rewritten
+    exactly once, every rank leaves its done marker and the stage ends (no rank left waiting)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE
+    from tiny_generator import make_tiny_generator
+
+    (tmp_path / "logs").mkdir()
+    gen = make_tiny_generator(tmp_path / "gen")
+    run_dir = tmp_path / "run"
+    (tmp_path / "job.sh").write_text(SYNTH_JOB)
+    env = job_env(RUN=run_dir, GEN=gen, SRC=PACKAGED_SAMPLE, OMP_NUM_THREADS=1, SYNPRO_FSYNC=0)
+    job = sbatch(["-N", "2", "--ntasks-per-node=2", "-t", "20", "--output=logs/synth-%j.out", str(tmp_path / "job.sh")],
+                 tmp_path, env)
+    info = wait_for([job], timeout=900, poll=2)[job]
+    log = _read(tmp_path / "logs" / f"synth-{job}.out")
+    assert info["JobState"] == "COMPLETED", log[-5000:]
+    assert "srun --nodes=2 --ntasks=4 --ntasks-per-node=2" in log and "synthesis stage done" in log
+    work = next((run_dir / "synthetic").rglob("job.json")).parent
+    done = [json.loads((work / f"done.rank{r}.json").read_text()) for r in range(4)]
+    assert [d["world"] for d in done] == [4] * 4 and all(d["documents"] == 2 for d in done)
+    ids = [json.loads(line)["source_id"] for r in range(4)
+           for line in (work / f"journal.rank{r}.jsonl").read_text().splitlines() if line.strip()]
+    assert len(ids) == len(set(ids)) == 8
+    manifest = json.loads((run_dir / "synthetic" / "manifest.json").read_text())
+    assert manifest["rounds"]["1"]["rephrase"]["sources"] == 8

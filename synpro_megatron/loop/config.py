@@ -42,6 +42,12 @@ class ParallelConfig:
     # auto: srun across the allocation when nnodes > 1, else torchrun (or one process) locally
     launcher: str = "auto"
     master_port: int = 29500
+    # synthesis over the allocation: one generation engine per GPU (per vllm_tp GPUs) on every node.
+    # None: nnodes / nproc_per_node // vllm_tp. Inside Slurm the ranks start with srun, each with
+    # its rank and the world on its command line; outside, with torchrun on this node.
+    synthesis_nodes: Optional[int] = None
+    synthesis_tasks_per_node: Optional[int] = None
+    vllm_tp: int = 1
 
 
 @dataclass

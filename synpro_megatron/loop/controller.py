@@ -46,7 +46,7 @@ class Controller:
                  echo: Callable[[str], None] = print):
         self.cfg = cfg
         self.layout = RunDir(run_dir)
-        self.runner = runner if runner is not None else CliRunner(echo=echo)
+        self.runner = runner if runner is not None else CliRunner(echo=echo, parallel=cfg.parallel)
         self.echo = echo
         self._stop_signal: Optional[int] = None
         self.state = self._load_or_init()

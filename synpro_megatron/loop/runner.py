@@ -108,6 +108,55 @@ def launch_prefix(parallel: ParallelConfig, python: str = sys.executable, env=No
             f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={run_id}"]
 
 
+def synthesis_world(parallel: Optional[ParallelConfig]) -> tuple[int, int]:
+    """(nodes, tasks per node) of the synthesis stage: one engine per GPU, or per vllm_tp GPUs."""
+    if parallel is None:
+        return 1, 1
+    nodes = parallel.synthesis_nodes or parallel.nnodes
+    per_node = parallel.synthesis_tasks_per_node or max(1, parallel.nproc_per_node // max(1, parallel.vllm_tp))
+    if nodes < 1 or per_node < 1:
+        raise ValueError(f"synthesis needs >= 1 node and task per node, got {nodes} x {per_node}")
+    return nodes, per_node
+
+
+def synthesis_launch(parallel: Optional[ParallelConfig], synth_cmd: List[str], launch_dir: str,
+                     env=None) -> List[str]:
+    """The command that runs `synth_cmd` (a `synpro synthesize` command line without rank flags)
+    on every synthesis rank, each told its rank and the world on its own command line.
+
+    One rank: the command with --rank 0 --world-size 1. Inside a Slurm allocation: one srun step
+    with a --multi-prog file whose line gives task %t `--rank %t --world-size W` (never
+    SLURM_PROCID/SLURM_NTASKS, which describe the surrounding job). Outside Slurm (one node):
+    torchrun --standalone starts the ranks, and the CLI reads the RANK/WORLD_SIZE it sets."""
+    env = os.environ if env is None else env
+    nodes, per_node = synthesis_world(parallel)
+    world = nodes * per_node
+    if world == 1:
+        return synth_cmd + ["--rank", "0", "--world-size", "1"]
+    tp = max(1, parallel.vllm_tp)
+    tp_flags = ["--vllm-tp", str(tp)] if tp > 1 else []
+    if not env.get("SLURM_JOB_ID"):
+        if nodes > 1:
+            raise ValueError(f"synthesis over {nodes} nodes needs a Slurm allocation (srun); outside one, "
+                             "set parallel.synthesis_nodes: 1 or launch `synpro synthesize --shard R/N` yourself")
+        python, rest = synth_cmd[0], synth_cmd[1:]
+        if rest[:2] != ["-m", "synpro_megatron.cli"]:
+            raise ValueError(f"not a synpro command line: {shlex.join(synth_cmd)}")
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={per_node}",
+                *rest, *tp_flags]
+    os.makedirs(launch_dir, exist_ok=True)
+    conf = os.path.join(launch_dir, "synthesis.multi-prog.conf")
+    line = shlex.join(synth_cmd + tp_flags + ["--world-size", str(world), "--rank"]) + " %t"
+    tmp = conf + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# written by synpro run: {world} synthesis ranks, task %t gets --rank %t\n0-{world - 1} {line}\n")
+    os.replace(tmp, conf)
+    gpus = ["--gpus-per-task", str(tp)] if (env.get("SLURM_GPUS_ON_NODE") or env.get("SLURM_JOB_GPUS")) else []
+    extra = shlex.split(env.get("SYNPRO_SRUN_ARGS", ""))
+    return ["srun", f"--nodes={nodes}", f"--ntasks={world}", f"--ntasks-per-node={per_node}",
+            "--kill-on-bad-exit=1", *gpus, *extra, "--multi-prog", conf]
+
+
 class SubprocessRunner(StageRunner, abc.ABC):
     """Runs each stage as a child process and forwards SIGTERM to it on interrupt."""
 
@@ -170,7 +219,13 @@ def _children(pid: int) -> List[int]:
 
 
 class CliRunner(SubprocessRunner):
-    """The real stages: `python -m synpro_megatron.cli COMMAND ...` (pretrain via its module form)."""
+    """The real stages: `python -m synpro_megatron.cli COMMAND ...` (pretrain via its module form).
+    `parallel`: the run's resources; synthesis runs over all of them (synthesis_launch)."""
+
+    def __init__(self, python: str = sys.executable, env: Optional[dict] = None, echo=print,
+                 parallel: Optional[ParallelConfig] = None):
+        super().__init__(python, env, echo)
+        self.parallel = parallel
 
     def _cli(self, *args: str) -> List[str]:
         return [self.python, "-m", "synpro_megatron.cli", *args]
@@ -196,18 +251,24 @@ class CliRunner(SubprocessRunner):
                                             "--checkpoint", checkpoint, *args))
 
     def train_generator(self, kind, run_dir, round_k, checkpoint, args=(), organic=None):
+        # GRPO on this node's GPUs (the batch step runs on the allocation's first node); --resume
+        # continues a run a preemption interrupted (a fresh one starts at step 0 either way)
+        gpus = ["--gpus", "all"] if self.parallel is not None and self.parallel.nproc_per_node > 1 else []
         self.run_command(f"train_generator:{kind}", self._cli(
             "train-generator", "--kind", kind, "--run-dir", run_dir, "--round", str(round_k),
-            "--checkpoint", checkpoint, *_organic(organic), *args))
+            "--checkpoint", checkpoint, "--resume", *gpus, *_organic(organic), *args))
 
     def synthesize(self, kind, run_dir, round_k, generator=None, args=(), organic=None):
         # rank and world are given, never inherited: inside a Slurm job or under torchrun the
         # environment's SLURM_PROCID/RANK describe the surrounding job, not this synthesis
         cmd = self._cli("synthesize", "--kind", kind, "--run-dir", run_dir, "--round", str(round_k),
-                        "--rank", "0", "--world-size", "1", *_organic(organic), *args)
+                        *_organic(organic), *args)
         if generator:
             cmd += ["--generator", generator]
-        self.run_command(f"synthesize:{kind}", cmd)
+        from synpro_megatron.rundir import RunDir
+
+        launch_dir = os.path.join(RunDir(run_dir).round_dir(round_k), f".launch-synthesize-{kind}")
+        self.run_command(f"synthesize:{kind}", synthesis_launch(self.parallel, cmd, launch_dir, self.env))
 
 
 def _organic(prefix: Optional[str]) -> List[str]:

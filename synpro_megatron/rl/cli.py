@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from synpro_megatron.generators.backends import add_sampling_args
 from synpro_megatron.generators.prompts import KINDS
 
 
@@ -34,6 +35,16 @@ def register_cli(sub) -> None:
     t.add_argument("--beta", type=float, default=0.005)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--no-vllm", action="store_true", help="generate rollouts with transformers even on GPU")
+    t.add_argument("--save-steps", type=int, default=None,
+                   help="checkpoint the trainer every N steps (default 50, as the paper's 30-60)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its newest checkpoint (step count, reward log, data order)")
+    t.add_argument("--gpus", default="1",
+                   help="GPUs on this node to train on: N or 'all' (the visible ones); more than one relaunches "
+                        "under accelerate with one colocated vLLM engine per GPU")
+    t.add_argument("--strategy", choices=["zero2", "fsdp"], default="zero2",
+                   help="multi-GPU sharding: DeepSpeed ZeRO-2 (the paper's) or FSDP2")
+    add_sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
     t.add_argument("--few-shot", action="store_true",
                    help="prompts start with a worked example (for small generators); synthesis then does the same")
     t.set_defaults(func=_train_cli)
@@ -45,9 +56,12 @@ def _error(cmd: str, e: Exception) -> int:
 
 
 def _train_cli(args) -> int:
-    from synpro_megatron.generators.backends import GeneratorLoadError
-    from synpro_megatron.rl.grpo import GRPORunConfig, train_generator
+    from synpro_megatron.generators.backends import GeneratorLoadError, SamplingConfig
+    from synpro_megatron.rl import launch
+    from synpro_megatron.rl.grpo import DEFAULT_SAVE_STEPS, GRPORunConfig, generator_output_dir, train_generator
 
+    sampling = SamplingConfig().override(temperature=args.temperature, top_p=args.top_p,
+                                         repetition_penalty=args.repetition_penalty)
     cfg = GRPORunConfig(
         kind=args.kind, run_dir=args.run_dir, round=args.round, output_dir=args.output, generator=args.generator,
         checkpoint=args.checkpoint, reference_jsonl=args.reference_jsonl, source_jsonl=args.source_jsonl, organic=args.organic,
@@ -55,7 +69,26 @@ def _train_cli(args) -> int:
         num_generations=args.num_generations, prompts_per_device=args.prompts_per_device,
         gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_completion_length,
         max_source_tokens=args.max_source_tokens, learning_rate=args.lr, beta=args.beta, seed=args.seed,
-        use_vllm=False if args.no_vllm else None, few_shot=args.few_shot)
+        use_vllm=False if args.no_vllm else None, few_shot=args.few_shot,
+        save_steps=args.save_steps or DEFAULT_SAVE_STEPS, resume=args.resume, temperature=sampling.temperature,
+        top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+    visible = launch.visible_gpus() if args.gpus != "1" else 1
+    try:
+        gpus = max(1, visible) if args.gpus == "all" else int(args.gpus)
+    except ValueError:
+        return _error("train-generator", ValueError(f"--gpus {args.gpus!r}: expected a number or 'all'"))
+    if gpus > 1 and not launch.inside_distributed_launch():
+        import subprocess
+
+        if visible < gpus:
+            return _error("train-generator", ValueError(f"--gpus {gpus} but {visible} GPU(s) are visible"))
+        argv = sys.argv[sys.argv.index("train-generator"):] if "train-generator" in sys.argv else None
+        if argv is None:
+            return _error("train-generator", ValueError("--gpus N > 1 needs the synpro command line to relaunch"))
+        out_dir = generator_output_dir(cfg)
+        cmd = launch.relaunch_command(argv, gpus, args.strategy, out_dir.parent / f".{out_dir.name}.launch")
+        print("train-generator: " + " ".join(cmd), flush=True)
+        return subprocess.call(cmd)
     try:
         out = train_generator(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, RuntimeError) as e:

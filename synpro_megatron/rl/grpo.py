@@ -8,8 +8,16 @@ trainer (TRL syncs the weights into it every step).
 
 Output: the trained generator as a Hugging Face folder (written under a temporary name, then
 renamed) with reward_log.jsonl (one line per optimizer step: the mean of every raw reward, the
-combined reward and the gate pass rate) and synpro_generator.json (how it was trained).
-TensorBoard scalars go to RUN_DIR/tensorboard/grpo-...
+combined reward and the gate pass rate) and synpro_generator.json (how it was trained, including
+the sampling settings that synthesis reuses). TensorBoard scalars - ours (reward/...) and TRL's
+own (train/loss, kl, entropy, clip ratios) - go to RUN_DIR/tensorboard/grpo-...
+
+Preemption: the trainer state (weights, optimizer, scheduler, RNG, step) is checkpointed every
+`save_steps` steps into the work folder beside the output; `resume=True` continues from the
+newest checkpoint with the same step count, data order and reward log (lines written after that
+checkpoint are dropped: those steps run again). Without `resume` an earlier work folder is
+discarded. Several GPUs: `synpro train-generator --gpus N` relaunches itself under accelerate
+(rl/launch.py) with DeepSpeed ZeRO-2 or FSDP, each rank with its own colocated vLLM engine.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from synpro_megatron.generators.backends import SamplingConfig
 from synpro_megatron.generators.prompts import check_kind, render_messages
 from synpro_megatron.rewards.combine import CombinedReward, RewardWeights
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
@@ -30,6 +39,12 @@ from synpro_megatron.rundir import RunDir
 
 REWARD_LOG = "reward_log.jsonl"
 REWARD_LOG_KEYS = ("faithfulness", "gate_pass_rate", "quality", "format", "influence", "combined")
+DEFAULT_SAVE_STEPS = 50  # the paper saves every 30-60 steps of its 120-300
+RUN_CONFIG = "grpo_run.json"  # in the work folder: what a --resume must agree with
+# settings a resumed run must share with the interrupted one (others, e.g. steps, may change)
+RESUME_MUST_MATCH = ("kind", "generator", "source_jsonl", "organic", "num_prompts", "num_generations", "prompts_per_device",
+                     "gradient_accumulation_steps", "seed", "max_completion_length", "max_source_tokens",
+                     "few_shot", "influence")
 
 
 def on_gpu() -> bool:
@@ -65,14 +80,22 @@ class GRPORunConfig:
     min_source_chars: int = 200
     few_shot: bool = False  # prompts start with the worked example (small generators); saved with the generator
     mask_truncated_completions: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.9
+    # rollouts sample as synthesis will (one SamplingConfig; synthesis reads it from the generator)
+    temperature: float = SamplingConfig.temperature
+    top_p: float = SamplingConfig.top_p
+    repetition_penalty: float = SamplingConfig.repetition_penalty
     seed: int = 42
+    save_steps: int = DEFAULT_SAVE_STEPS  # checkpoint the trainer every N optimizer steps
+    resume: bool = False  # continue from the newest checkpoint of an interrupted run
     use_vllm: Optional[bool] = None  # None: when CUDA and vLLM are available
     vllm_gpu_memory_utilization: float = 0.3
     gradient_checkpointing: Optional[bool] = None  # on GPU by default
     weights: RewardWeights = field(default_factory=RewardWeights)
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.repetition_penalty)
 
     def resolved(self) -> "GRPORunConfig":
         """Fill the device-dependent defaults (GPU: the paper's; CPU: small enough to run)."""
@@ -171,24 +194,16 @@ def build_influence_scorer(checkpoint: Optional[str], reference_jsonl: Optional[
 
 # ------------------------------------------------------------------------------- logging
 
-def _reward_log_callback(reward: CombinedReward, log_path: Path, tb_dir: Path):
+def _reward_log_callback(reward: CombinedReward, log_path: Path, writer):
     from transformers import TrainerCallback
 
     class RewardLogCallback(TrainerCallback):
-        """Appends one line per optimizer step to the reward log and mirrors it to TensorBoard."""
-
-        def __init__(self):
-            self.writer = None
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(tb_dir))
-            except ImportError:  # pragma: no cover
-                pass
+        """Appends one line per optimizer step to the reward log (main process) and mirrors it to
+        TensorBoard. The log lives in the work folder, so a checkpoint and the log move together."""
 
         def on_step_end(self, args, state, control, **kwargs):
             entries = reward.drain_history()
-            if not entries:
+            if not entries or not state.is_world_process_zero:
                 return
             line = {"step": state.global_step, "time": round(time.time(), 3)}
             for key in REWARD_LOG_KEYS:
@@ -199,17 +214,133 @@ def _reward_log_callback(reward: CombinedReward, log_path: Path, tb_dir: Path):
                 f.write(json.dumps(line) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            if self.writer is not None:
+            if writer is not None:
                 for key in REWARD_LOG_KEYS:
                     if line[key] is not None:
-                        self.writer.add_scalar(f"reward/{key}", line[key], state.global_step)
-                self.writer.flush()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.writer is not None:
-                self.writer.close()
+                        writer.add_scalar(f"reward/{key}", line[key], state.global_step)
+                writer.flush()
 
     return RewardLogCallback()
+
+
+def _tensorboard(tb_dir: Path, main_process: bool):
+    """One SummaryWriter for the run's TensorBoard folder, shared by TRL's TensorBoardCallback
+    (train/loss, kl, entropy, clip ratios ...) and our reward scalars; None off the main process."""
+    if not main_process:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return None
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(str(tb_dir))
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+def latest_checkpoint(work: Path) -> Optional[Path]:
+    """The newest complete trainer checkpoint (checkpoint-N with its trainer_state.json) in `work`."""
+    found = []
+    for p in work.glob("checkpoint-*") if work.is_dir() else []:
+        tail = p.name.split("-", 1)[1]
+        if tail.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(tail), p))
+    return max(found)[1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def truncate_reward_log(log_path: Path, last_step: int) -> int:
+    """Keep the reward log lines of steps <= last_step (the checkpoint's): later steps run again
+    after a resume. Returns the number of lines kept. Written atomically."""
+    if not log_path.exists():
+        return 0
+    lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError):  # a line cut by the kill: the step runs again
+            pass
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, log_path)
+    return len(kept)
+
+
+def _resumable_trainer_class():
+    """GRPOTrainer whose prompt sampler draws each epoch's order from (seed, epoch) alone.
+
+    TRL's RepeatSampler keeps one generator for the whole run, so epoch 2's order depends on
+    epoch 1 having been drawn in the same process: a run resumed at or after an epoch boundary
+    would see other prompts than the run it continues. The Trainer calls set_epoch(epoch) on
+    the sampler before each epoch (also after a resume), which reseeds it; epoch 0's order is
+    TRL's own (seed + 0)."""
+    from trl import GRPOTrainer
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochSeededRepeatSampler(RepeatSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            if self.shuffle and self.seed is not None:
+                self.generator.manual_seed(self.seed + self.epoch)
+            self.epoch += 1  # an iteration without set_epoch (not the Trainer's way) is the next epoch
+            yield from super().__iter__()
+
+    class ResumableGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            base = super()._get_train_sampler(dataset)
+            return EpochSeededRepeatSampler(
+                data_source=base.data_source, mini_repeat_count=base.mini_repeat_count, batch_size=base.batch_size,
+                repeat_count=base.repeat_count, shuffle=base.shuffle, seed=base.seed)
+
+    return ResumableGRPOTrainer
+
+
+def _comparable(cfg: "GRPORunConfig") -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k in RESUME_MUST_MATCH}
+
+
+def prepare_work_dir(cfg: "GRPORunConfig", work: Path, main_process: bool = True) -> Optional[Path]:
+    """Set up the work folder; returns the checkpoint to resume from (None: start at step 0).
+
+    Without `resume` an earlier work folder is discarded. With it the newest checkpoint is
+    continued, provided the run settings agree with the interrupted run's (a clear error names
+    the ones that differ); no checkpoint yet means a fresh start in the same folder."""
+    saved = work / RUN_CONFIG
+    if not cfg.resume:
+        if main_process and work.exists():
+            print(f"train-generator: discarding the earlier work folder {work} (pass --resume to continue it)",
+                  flush=True)
+            shutil.rmtree(work)
+    elif saved.exists():
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        differ = {k: (before.get(k), v) for k, v in _comparable(cfg).items() if before.get(k) != v}
+        if differ:
+            raise ValueError(f"--resume: {saved} was written by a run with other settings: " + ", ".join(
+                f"{k} was {a!r}, now {b!r}" for k, (a, b) in differ.items()))
+    checkpoint = latest_checkpoint(work) if cfg.resume else None
+    if main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(saved.name + ".tmp")
+        tmp.write_text(json.dumps(_comparable(cfg), indent=1), encoding="utf-8")
+        os.replace(tmp, saved)
+        if checkpoint is not None:
+            step = checkpoint_step(checkpoint)
+            kept = truncate_reward_log(work / REWARD_LOG, step)
+            print(f"train-generator: resuming from {checkpoint} at step {step} ({kept} reward-log lines kept)",
+                  flush=True)
+        elif cfg.resume:
+            truncate_reward_log(work / REWARD_LOG, 0)
+            print(f"train-generator: --resume found no checkpoint in {work}; starting at step 0", flush=True)
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------- training
@@ -225,8 +356,11 @@ def make_grpo_config(cfg: GRPORunConfig, work_dir: Path):
         max_completion_length=cfg.max_completion_length, learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate},
         warmup_steps=cfg.warmup_ratio, beta=cfg.beta, loss_type=cfg.loss_type, temperature=cfg.temperature,
-        top_p=cfg.top_p, seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no",
-        report_to=["tensorboard"], mask_truncated_completions=cfg.mask_truncated_completions,
+        top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=2,  # the newest two: one may be half-written when the job is killed
+        # TensorBoard goes through our own TensorBoardCallback into the run's folder (train_generator)
+        report_to=[], mask_truncated_completions=cfg.mask_truncated_completions,
         bf16=gpu, use_cpu=not gpu,
         disable_tqdm=False,
     )
@@ -286,7 +420,6 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     if cfg.checkpoint is None:  # the influence reward scores against the run's newest checkpoint
         cfg = dataclasses.replace(cfg, checkpoint=RunDir(cfg.run_dir).latest_checkpoint())
     from transformers import AutoModelForCausalLM
-    from trl import GRPOTrainer
 
     from synpro_megatron.generators.backends import GeneratorLoadError, load_generator_tokenizer, resolve_generator_path
 
@@ -300,11 +433,15 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     reward = CombinedReward(cfg.kind, influence=influence_scorer if cfg.influence else None, weights=cfg.weights,
                             faithfulness_config=cfg.faithfulness)
 
+    from accelerate import PartialState
+
+    main_process = PartialState().is_main_process
+    if cfg.save_steps < 1:
+        raise ValueError(f"save_steps must be >= 1, got {cfg.save_steps}")
     final = generator_output_dir(cfg)
     work = final.parent / f".{final.name}.work"
-    if work.exists():
-        shutil.rmtree(work)  # a run interrupted earlier starts over (no mid-run checkpoints are kept)
-    work.mkdir(parents=True)
+    resume_from = prepare_work_dir(cfg, work, main_process)
+    PartialState().wait_for_everyone()
     log_path = work / REWARD_LOG
     tb_dir = Path(RunDir(cfg.run_dir).tensorboard(f"grpo-round_{cfg.round}-{cfg.kind}"))
     import torch
@@ -317,12 +454,20 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=make_grpo_config(cfg, work),
-                          train_dataset=dataset, processing_class=tokenizer,
-                          callbacks=[_reward_log_callback(reward, log_path, tb_dir)])
+    from transformers.integrations import TensorBoardCallback
+
+    writer = _tensorboard(tb_dir, main_process)
+    callbacks = [_reward_log_callback(reward, log_path, writer)]
+    if writer is not None:
+        callbacks.append(TensorBoardCallback(tb_writer=writer))
+    trainer = _resumable_trainer_class()(model=model, reward_funcs=[reward], args=make_grpo_config(cfg, work),
+                          train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if writer is not None:
+        writer.close()
     meta = {"kind": cfg.kind, "base_generator": generator, "checkpoint": cfg.checkpoint, "steps": cfg.steps,
+            "resumed_from": str(resume_from) if resume_from else None, "sampling": asdict(cfg.sampling),
             "influence": bool(cfg.influence), "seconds": round(time.time() - started, 1),
             "config": {k: v for k, v in asdict(cfg).items() if k != "faithfulness"},
             "align_threshold": cfg.faithfulness.align_threshold,

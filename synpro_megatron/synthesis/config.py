@@ -19,13 +19,16 @@ class SynthesisConfig:
     doc_losses: Optional[str] = None  # .npy aligned with the source pool, or jsonl {"id", "loss"}
     limit: Optional[int] = None
     backend: str = "auto"  # auto | hf | vllm
-    batch_size: int = 16  # source documents per journal batch
+    # source documents per journal batch = per generation call. None: 1024 on a GPU with vLLM (the
+    # engine schedules thousands of prompts at once), 16 otherwise (transformers, or vLLM on CPU)
+    batch_size: Optional[int] = None
     max_new_tokens: int = 1024
     max_source_tokens: Optional[int] = None  # extra cap on a piece (default: what the window allows)
-    temperature: float = 1.0
-    top_p: float = 0.9
-    # small generators loop on a phrase; a mild penalty keeps more rewrites past the repetition gate
-    repetition_penalty: float = 1.15
+    # sampling: None = as the generator's GRPO rollouts sampled (its synpro_generator.json), else
+    # generators.backends.SamplingConfig's defaults - one setting for rollouts and synthesis
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
     candidates: int = 1  # samples per piece; the best passing one is kept
     few_shot: Optional[bool] = None  # show a worked example first; None: as the generator was trained
     prefill: bool = False  # start the answer with the lead line / heading (the model continues it)

@@ -49,6 +49,18 @@ def rank_and_world(cfg: SynthesisConfig) -> tuple[int, int]:
     return rank, world
 
 
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 1024, 16
+
+
+def default_batch_size(cfg: SynthesisConfig) -> int:
+    """Documents per generation call: large on a GPU vLLM engine (its scheduler keeps the GPU full
+    with thousands of prompts), small elsewhere (a journal batch is also the unit lost on a crash)."""
+    from synpro_megatron.generators.backends import vllm_available
+
+    gpu_vllm = cfg.backend in ("auto", "vllm") and vllm_available() and not os.environ.get("SYNPRO_VLLM_PYTHON")
+    return GPU_BATCH_SIZE if gpu_vllm else CPU_BATCH_SIZE
+
+
 def default_generator(cfg: SynthesisConfig) -> Optional[str]:
     """The generator `synpro train-generator --run-dir ROOT --round K` trained for this kind, when
     there is one; None (the offline SmolLM2) otherwise."""
@@ -93,6 +105,8 @@ def trained_with_few_shot(generator: str) -> bool:
 def _pin_local_gpu(cfg: SynthesisConfig, world: int) -> None:
     # One vLLM engine per rank: show each rank only its own GPU (before anything touches CUDA).
     local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    if int(os.environ.get("SYNPRO_VLLM_TP") or 1) > 1:
+        return  # a tensor-parallel engine spans the GPUs srun --gpus-per-task gave this rank
     if world > 1 and local is not None and cfg.backend in ("auto", "vllm"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         devices = visible.split(",") if visible else None
@@ -113,6 +127,8 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
     Returns the manifest entry (rank 0) or this rank's summary. `backend`: a ready generator
     backend (default: built from cfg.backend and cfg.generator)."""
     check_kind(cfg.kind)
+    if cfg.batch_size is None:
+        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(cfg))
     if cfg.batch_size < 1 or cfg.candidates < 1:
         raise ValueError("batch_size and candidates must be >= 1")
     rank, world = rank_and_world(cfg)
@@ -129,6 +145,11 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
     generator = _generator_name(cfg, backend)
     if cfg.few_shot is None:
         cfg = dataclasses.replace(cfg, few_shot=trained_with_few_shot(generator))
+    from synpro_megatron.generators.backends import SamplingConfig
+
+    sampling = SamplingConfig.of_generator(generator).override(
+        temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty)
+    cfg = dataclasses.replace(cfg, **dataclasses.asdict(sampling))
     fingerprint = _fingerprint(cfg, generator, source, selected)
 
     wdir = work_dir(cfg)
