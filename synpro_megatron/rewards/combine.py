@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from synpro_megatron.generators.prompts import check_kind, output_units, parse_output
+from synpro_megatron.formats import check_kind, output_units, parse_output
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch
 from synpro_megatron.rewards.format import format_reward
 from synpro_megatron.rewards.influence import InfluenceReward

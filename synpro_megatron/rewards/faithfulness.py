@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Callable, Optional, Sequence
 
-from synpro_megatron.generators.prompts import check_kind, instruction_text, parse_reformat
+from synpro_megatron.formats import check_kind, instruction_text, parse_reformat
 
 # Calibrated on hand-written rewrites of three web_sample documents (c4a-00009, c4a-00017, c4a-00038; the
 # cases in tests/test_rewards.py): faithful paraphrase sentences scored 0.64-0.99 against their best
