@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "synpro_megatron.loop.cli",
     "synpro_megatron.eval.cli",
     "synpro_megatron.rl.cli",
+    "synpro_megatron.rewards.cli",
     "synpro_megatron.demo",
 ]
 

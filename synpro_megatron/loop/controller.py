@@ -265,7 +265,7 @@ class Controller:
     def _train_generator(self, kind: str) -> None:
         k, stage = self.state.round, f"train_generator:{kind}"
         self.runner.train_generator(kind, self._abs(self.state.plateau_checkpoint), self.layout.round_dir(k),
-                                    self._args(self.cfg.generators.train_args))
+                                    self._args(self.cfg.generators.train_args + self.cfg.generators.reward_model_args("train")))
         out = self.layout.generator_dir(k, kind)
         if not dir_has_files(out):
             raise StageFailed(stage, f"finished but wrote no generator under {out}")
@@ -274,7 +274,7 @@ class Controller:
     def _synthesize(self, kind: str) -> None:
         k, stage = self.state.round, f"synthesize:{kind}"
         self.runner.synthesize(kind, self.layout.generator_dir(k, kind), k, self.layout.run_dir,
-                               self._args(self.cfg.generators.synth_args))
+                               self._args(self.cfg.generators.synth_args + self.cfg.generators.reward_model_args("synth")))
         prefix = self.layout.synthetic_prefix(k, kind)
         outputs = [prefix + ".bin", prefix + ".idx"]
         _require_files(stage, outputs)

@@ -34,6 +34,7 @@ def register_cli(sub) -> None:
     t.add_argument("--no-vllm", action="store_true", help="generate rollouts with transformers even on GPU")
     t.add_argument("--few-shot", action="store_true",
                    help="prompts start with a worked example (for small generators); synthesis then does the same")
+    _add_reward_model_flags(t, quality=True)
     t.set_defaults(func=_train_cli)
 
     s = sub.add_parser("synthesize", help="rewrite the organic pool with a generator into a synthetic round")
@@ -58,6 +59,7 @@ def register_cli(sub) -> None:
     s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
                    help="prompts start with a worked example (default: as the generator was trained)")
     s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    _add_reward_model_flags(s, quality=False)
     s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
     s.add_argument("--no-clean", action="store_true",
                    help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
@@ -74,6 +76,25 @@ def _error(cmd: str, e: Exception) -> int:
     return 2
 
 
+def _add_reward_model_flags(p, quality: bool) -> None:
+    p.add_argument("--judge-model", default=None,
+                   help="LLM faithfulness judge (model path; vLLM on GPU, transformers on CPU) labelling each "
+                        "sentence/entry Faithful/Unfaithful_Topic/Unfaithful_Content; default: the trained verifier")
+    p.add_argument("--verifier", default="auto",
+                   help="trained cross-encoder verifier: auto (the cached one when built), off, or a folder")
+    if quality:
+        p.add_argument("--quality-model", default=None,
+                       help="model-based quality scorer (DataMan-style rating prompt; model path), mixed with the heuristics")
+
+
+def _reward_configs(args):
+    from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+    from synpro_megatron.rewards.quality import QualityConfig
+
+    faith = FaithfulnessConfig(judge_model=args.judge_model, verifier=args.verifier)
+    return faith, QualityConfig(classifier_model=getattr(args, "quality_model", None))
+
+
 def _train_cli(args) -> int:
     from synpro_megatron.generators.backends import GeneratorLoadError
     from synpro_megatron.rl.grpo import GRPORunConfig, train_generator
@@ -86,6 +107,7 @@ def _train_cli(args) -> int:
         gradient_accumulation_steps=args.grad_accum, max_completion_length=args.max_completion_length,
         max_source_tokens=args.max_source_tokens, learning_rate=args.lr, beta=args.beta, seed=args.seed,
         use_vllm=False if args.no_vllm else None, few_shot=args.few_shot)
+    cfg.faithfulness, cfg.quality = _reward_configs(args)
     try:
         out = train_generator(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -106,6 +128,7 @@ def _synth_cli(args) -> int:
         repetition_penalty=args.repetition_penalty,
         candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart)
+    cfg.faithfulness = _reward_configs(args)[0]
     try:
         result = run_synthesis(cfg)
     except (GeneratorLoadError, FileNotFoundError, ValueError, TimeoutError) as e:

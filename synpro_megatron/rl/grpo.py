@@ -26,6 +26,7 @@ from typing import Optional
 from synpro_megatron.generators.prompts import check_kind, render_messages
 from synpro_megatron.rewards.combine import CombinedReward, RewardWeights
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+from synpro_megatron.rewards.quality import QualityConfig
 
 REWARD_LOG = "reward_log.jsonl"
 REWARD_LOG_KEYS = ("faithfulness", "gate_pass_rate", "quality", "format", "influence", "combined")
@@ -71,6 +72,7 @@ class GRPORunConfig:
     gradient_checkpointing: Optional[bool] = None  # on GPU by default
     weights: RewardWeights = field(default_factory=RewardWeights)
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def resolved(self) -> "GRPORunConfig":
         """Fill the device-dependent defaults (GPU: the paper's; CPU: small enough to run)."""
@@ -294,7 +296,7 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     if cfg.influence and influence_scorer is None:
         influence_scorer = build_influence_scorer(cfg.checkpoint, cfg.reference_jsonl)
     reward = CombinedReward(cfg.kind, influence=influence_scorer if cfg.influence else None, weights=cfg.weights,
-                            faithfulness_config=cfg.faithfulness)
+                            faithfulness_config=cfg.faithfulness, quality_config=cfg.quality)
 
     final = generator_output_dir(cfg)
     work = final.parent / f".{final.name}.work"
@@ -321,7 +323,7 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     trainer.train()
     meta = {"kind": cfg.kind, "base_generator": generator, "checkpoint": cfg.checkpoint, "steps": cfg.steps,
             "influence": bool(cfg.influence), "seconds": round(time.time() - started, 1),
-            "config": {k: v for k, v in asdict(cfg).items() if k != "faithfulness"},
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("faithfulness", "quality")},
             "align_threshold": cfg.faithfulness.align_threshold}
     _save_atomically(trainer, tokenizer, final, {REWARD_LOG: log_path}, meta)
     if trainer.accelerator.is_main_process:
