@@ -198,7 +198,7 @@ _QUANTIFIER_GROUPS = {
 _NEGATIVE_WORDS = frozenset({"against", "refuse", "decline", "deny", "fail", "reject", "lack", "instead", "rather",
                              "absent", "unable", "avoid", "stop", "cease", "abandon", "terminate", "unlikely",
                              "rule", "drop", "miss", "lose", "free", "ban", "prevent", "forbid", "only"})
-_STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "only", "none", "few", "rarely"})
+_STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "none", "few", "rarely"})
 _ENTITY_LABELS = frozenset({"PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW"})
 _NOUNISH = ("NOUN", "PROPN")
 # the small spaCy model often tags a company as a PERSON and back: swaps are looked for within these groups
