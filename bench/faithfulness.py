@@ -157,12 +157,17 @@ def evaluate(pairs: list[dict], verifier) -> tuple[list[dict], dict]:
             labels, _ = verifier.label_units(p["source"], units_of(p), kind=p["kind"])
             ver_reject = any(lab != "Faithful" for lab in labels)
             seconds["verifier"] += time.perf_counter() - t
-        t = time.perf_counter()
-        full = faithfulness(p["source"], p["output"], kind=p["kind"], config=full_cfg)
-        seconds["combined"] += time.perf_counter() - t
+        if verifier is not None:
+            t = time.perf_counter()
+            full = faithfulness(p["source"], p["output"], kind=p["kind"], config=full_cfg)
+            seconds["combined"] += time.perf_counter() - t
+            combined, reasons = not full.passed, full.reasons[:3]
+        else:  # without a verifier the gate is exactly the old checks plus the structured ones
+            combined = (not old.passed) or bool(findings)
+            reasons = (old.reasons + [f"{f.kind}: {f.reason}" for f in findings])[:3]
         rows.append({**{k: p[k] for k in ("name", "error", "kind", "set")}, "old gate": not old.passed,
-                     "structured": bool(findings), "verifier": ver_reject, "combined": not full.passed,
-                     "reasons": full.reasons[:3]})
+                     "structured": bool(findings), "verifier": ver_reject, "combined": combined,
+                     "reasons": reasons})
     return rows, {k: v / max(1, len(pairs)) for k, v in seconds.items()}
 
 
