@@ -99,7 +99,7 @@ def test_wrong_topic_over_correct_content_fails(docs):  # noqa: F811
     ok = faithfulness(source, PUBG_REFORMAT, kind="reformat", config=OFF)
     assert ok.passed, ok.reasons
     # the last entry's content under a topic taken from another part of the document
-    wrong = PUBG_REFORMAT.replace("Competition from other Chinese companies", "Cross-platform play on PlayStation 4")
+    wrong = PUBG_REFORMAT.replace("Competition from other Chinese companies", "A realistic setting versus a cartoon look")
     bad = faithfulness(source, wrong, kind="reformat", config=OFF)
     assert not bad.passed and any(r.startswith("topic:") for r in bad.reasons), bad.reasons
 

@@ -622,10 +622,14 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
     if not words or not src.sentences:
         return []
     # the content's own place in the source: its best-matching sentences and their neighbours
+    # (its paragraph too: a topic may name what the paragraph's lead sentence says)
+    para_of = [src.text.count("\n", 0, s.start_char) for s in src.sentences]
     own_idx: set = set()
     for ci in range(len(c.sentences)):
         matches, _ = matching_sentences(src, c, ci)
         own_idx |= _window(matches, len(src.sentences))
+        top, _ = matching_sentences(src, c, ci, keep=1.0)
+        own_idx |= {j for j, p in enumerate(para_of) if any(para_of[m] == p for m in top)}
     own_lemmas = c.all_lemmas | {_lemma(tok) for j in own_idx for tok in src.sentences[j]}
     own_stems = c.stems | {w[:k] for j in own_idx for tok in src.sentences[j] for w in [_lemma(tok)]
                            for k in (5, 6) if len(w) > k}
@@ -638,7 +642,7 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
         other = max(other, _overlap(words, lem, {w[:k] for w in lem for k in (5, 6) if len(w) > k}))
     # a short abstract topic ("How a match works") shares few words with anything: only a topic whose
     # words (at least two of them) sit elsewhere in the source and mostly not around its content is wrong
-    if len(words) >= 2 and other * len(words) >= 2 and other >= 0.6 and other - own >= 0.4:
+    if len(words) >= 2 and other * len(words) >= 2 and other >= 0.6 and own < 0.5 and other - own >= 0.4:
         return [Finding("topic", f"topic {topic[:60]!r} does not describe its content (it matches another part "
                                  f"of the source: {other:.0%} of its words vs {own:.0%})")]
     return []
