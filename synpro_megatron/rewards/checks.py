@@ -130,6 +130,7 @@ class Quantity:
 
 
 def _number_value(num: str) -> Optional[Decimal]:
+    num = num.rstrip(",")  # "93,283," at the end of a clause
     low = num.lower()
     parts = re.split(r"[- ]", low)
     if all(p in _CARDINAL_WORDS for p in parts):
