@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--max-source-tokens", type=int, default=300)
     ap.add_argument("--kinds", nargs="+", default=["rephrase", "reformat"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--compare-gates", action="store_true",
+                    help="also gate the same samples with the gate before issue 13 (no structured checks, verifier "
+                         "or coverage) and print its per-piece + clean-up yield beside the current one")
     args = ap.parse_args()
 
     import torch
@@ -126,9 +129,17 @@ def main() -> int:
                 raws.append(out[pos:pos + len(ps)])
                 pos += len(ps)
             r = yields(kind, docs, pieces, raws, cfg)
+            old = ""
+            if args.compare_gates:
+                from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+
+                before = FaithfulnessConfig(structured=False, verifier="off",
+                                            coverage_weight={"rephrase": 0.0, "reformat": 0.0})
+                r_old = yields(kind, docs, pieces, raws, dataclasses.replace(cfg, faithfulness=before))
+                old = f" (old gate: {r_old['per-piece + clean-up']}/{r['documents']})"
             print(f"| {kind} | {'few-shot' if few_shot else 'zero-shot'} | {r['pieces']} | "
                   f"{r['doc-level']}/{r['documents']} | {r['per-piece']}/{r['documents']} | "
-                  f"{r['per-piece + clean-up']}/{r['documents']} | {secs:.0f} |", flush=True)
+                  f"{r['per-piece + clean-up']}/{r['documents']}{old} | {secs:.0f} |", flush=True)
     return 0
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "synpro_megatron.eval.cli",
     "synpro_megatron.rl.cli",
     "synpro_megatron.synthesis.cli",
+    "synpro_megatron.rewards.cli",
     "synpro_megatron.demo",
 ]
 

@@ -76,6 +76,15 @@ class GeneratorConfig:
     train_args: List[str] = field(default_factory=list)  # passed verbatim to `synpro train-generator`
     synth_args: List[str] = field(default_factory=list)  # passed verbatim to `synpro synthesize`
     probe_args: List[str] = field(default_factory=list)  # passed verbatim to `synpro probe`
+    judge_model: Optional[str] = None  # LLM faithfulness judge for train-generator and synthesize (--judge-model)
+    quality_model: Optional[str] = None  # model-based quality scorer for train-generator (--quality-model)
+
+    def reward_model_args(self, stage: str) -> List[str]:
+        """The --judge-model / --quality-model flags for `train` or `synth` commands."""
+        args = ["--judge-model", self.judge_model] if self.judge_model else []
+        if stage == "train" and self.quality_model:
+            args += ["--quality-model", self.quality_model]
+        return args
 
 
 @dataclass

@@ -270,7 +270,7 @@ class Controller:
     def _train_generator(self, kind: str) -> None:
         k, stage = self.state.round, f"train_generator:{kind}"
         self.runner.train_generator(kind, self.layout.root, k, self._abs(self.state.plateau_checkpoint),
-                                    self._args(self.cfg.generators.train_args), organic=self._organic())
+                                    self._args(self.cfg.generators.train_args + self.cfg.generators.reward_model_args("train")), organic=self._organic())
         out = self.layout.generator_dir(k, kind)
         if not dir_has_files(out):
             raise StageFailed(stage, f"finished but wrote no generator under {out}")
@@ -279,7 +279,7 @@ class Controller:
     def _synthesize(self, kind: str) -> None:
         k, stage = self.state.round, f"synthesize:{kind}"
         self.runner.synthesize(kind, self.layout.root, k, self.layout.generator_dir(k, kind),
-                               self._args(self.cfg.generators.synth_args), organic=self._organic())
+                               self._args(self.cfg.generators.synth_args + self.cfg.generators.reward_model_args("synth")), organic=self._organic())
         prefix = self.layout.synthetic_prefix(k, kind)
         outputs = [prefix + ".bin", prefix + ".idx"]
         _require_files(stage, outputs)

@@ -7,13 +7,16 @@ For each completion we compute the raw rewards
 Within each GRPO group (the completions of one prompt) every reward is z-scored over the
 completions that passed the gate (population std; a zero-std group gives 0), then
 
-    reward = gate * (bonus + w_infl * z_infl + w_qual * z_qual + w_fmt * z_fmt)
+    passed: reward = bonus + w_infl * z_infl + w_qual * z_qual + w_fmt * z_fmt
+    failed: reward = soft - 1,  soft = weighted mean of (faithfulness score, format, length) in [0, 1)
 
 with bonus = sum(w) * sqrt(G - 1) + 1. A z-score within a group of G is at most sqrt(G - 1) in
-size, so every completion that passes scores >= 1 and every one that fails scores 0: failing the
-gate is always worse than the worst faithful rewrite (a plain "multiply by the gate" would rank a
-failure, at 0, above faithful rewrites with negative z-scores). When the whole group passes, the
-bonus is a constant that GRPO's own group normalisation removes.
+size, so every completion that passes scores >= 1 and every one that fails scores in [-1, 0):
+failing the gate is always worse than the worst faithful rewrite. Failures still differ from each
+other, by how faithful (the gate's soft score: fewer findings, higher alignment), how well formed and
+how well sized they are, so a group in which nothing passes still has a gradient (the paper sums
+its reward terms; an all-zero group would teach nothing). When the whole group passes, the bonus is
+a constant that GRPO's own group normalisation removes.
 
 It is one function (not one per reward with TRL's reward_weights) because a gate must multiply.
 Raw rewards are logged through TRL's `log_metric` and kept in `history` for the reward log.
@@ -25,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from synpro_megatron.generators.prompts import check_kind, output_units, parse_output
+from synpro_megatron.formats import check_kind, output_units, parse_output
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch
 from synpro_megatron.rewards.format import format_reward
 from synpro_megatron.rewards.influence import InfluenceReward
@@ -39,6 +42,18 @@ class RewardWeights:
     influence: float = 3.0
     quality: float = 1.0
     format: float = 1.0
+    # the soft terms that rank completions failing the gate
+    soft_faithfulness: float = 2.0
+    soft_format: float = 1.0
+    soft_length: float = 1.0
+
+
+def length_term(ratio: Optional[float], bounds: tuple) -> float:
+    """1 inside the kind's length-ratio bounds, falling off outside them; 0 when unknown."""
+    if ratio is None or ratio <= 0:
+        return 0.0
+    lo, hi = bounds
+    return min(1.0, ratio / lo) if ratio < lo else (min(1.0, hi / ratio) if ratio > hi else 1.0)
 
 
 def zscore(values: Sequence[float]) -> list[float]:
@@ -88,8 +103,10 @@ class CombinedReward:
         units = [output_units(self.kind, c) for c in completions]
         gate = faithfulness_batch(sources, outputs, kind=self.kind, config=self.faithfulness_config, units=units)
         quality = quality_reward(sources, outputs, self.quality_config)
+        bounds = self.faithfulness_config.length_ratio[self.kind]
         rows = [{"passed": g.passed, "faithfulness": g.score, "quality": q,
-                 "format": format_reward(self.kind, c), "influence": None, "reasons": g.reasons}
+                 "format": format_reward(self.kind, c), "influence": None, "reasons": g.reasons,
+                 "length": length_term(g.details.get("length_ratio"), bounds)}
                 for g, q, c in zip(gate, quality, completions)]
         if self.influence is not None:
             idx = [i for i, r in enumerate(rows) if r["passed"]]
@@ -109,7 +126,14 @@ class CombinedReward:
         for i, key in enumerate(group_keys):
             groups.setdefault(key, []).append(i)
         combined = [0.0] * len(rows)
+        soft_w = (w.soft_faithfulness, w.soft_format, w.soft_length)
         for members in groups.values():
+            for i in members:
+                if not rows[i]["passed"]:
+                    r = rows[i]
+                    soft = (soft_w[0] * float(r["faithfulness"]) + soft_w[1] * float(r["format"])
+                            + soft_w[2] * float(r.get("length", 0.0))) / max(1e-9, sum(soft_w))
+                    combined[i] = min(soft, 1.0 - 1e-6) - 1.0  # in [-1, 0): below every pass
             passers = [i for i in members if rows[i]["passed"]]
             if not passers:
                 continue

@@ -16,10 +16,18 @@ Checks, in order (any failure makes `passed` False and is listed in `reasons`):
 5. alignment: each output unit (a sentence; for reformat one Topic+Content entry) must have a
    MiniLM cosine >= `align_threshold` with some source sentence or pair of adjacent sentences.
    This catches added content and topic drift; swaps of a fact inside a sentence are steps 3-4's job.
-6. optional judge (NLI or an LLM on GPU): `config.judge(source, output) -> [0, 1]`.
+6. structured checks (rewards/checks.py): numbers bound to what they quantify, magnitudes, units
+   and currencies, dates, entities and their subject/object roles, negation, quantifiers.
+7. the trained verifier (rewards/verifier.py; `synpro train-verifier`), when one is cached or
+   given: each output unit is labelled Faithful / Unfaithful_Topic / Unfaithful_Content.
+8. optional judge (an LLM through a generation backend, rewards/judge.py, or any callable):
+   `config.judge(source, output) -> [0, 1]`.
 
-`score` (0-1) = mean alignment x entity precision x number precision (x judge); 0 for degenerate
-outputs. spaCy and MiniLM are loaded lazily, once per process.
+`score` (0-1) = mean alignment x entity precision x number precision x 0.5 per structured finding
+x the verifier's share of Faithful units (x judge) x a coverage factor (a faithful rewrite that keeps
+30% of the source scores clearly below a full one); 0 for degenerate outputs. Failing outputs keep
+their score, so a group with no pass still ranks its completions. spaCy and MiniLM are loaded
+lazily, once per process.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Callable, Optional, Sequence
 
-from synpro_megatron.generators.prompts import check_kind, instruction_text, parse_reformat
+from synpro_megatron.formats import check_kind, instruction_text, parse_reformat
 
 # Calibrated on hand-written rewrites of three web_sample documents (c4a-00009, c4a-00017, c4a-00038; the
 # cases in tests/test_rewards.py): faithful paraphrase sentences scored 0.64-0.99 against their best
@@ -73,8 +81,17 @@ class FaithfulnessConfig:
     max_repeat_fraction: float = 0.3  # share of repeated 5-grams allowed beyond the source's own
     max_line_repeats: int = 2  # a line may occur this many times more than in the source
     min_novel_trigrams: float = 0.1  # rephrase: below this share of new 3-grams it is a copy
-    judge: Optional[Callable[[str, str], float]] = None  # e.g. an NLI model on GPU
+    judge: Optional[Callable[[str, str], float]] = None  # e.g. rewards.judge.LLMJudge on GPU
     judge_threshold: float = 0.5
+    judge_model: Optional[str] = None  # an LLM judge by model path (vLLM on GPU, transformers on CPU)
+    judge_backend: str = "auto"
+    structured: bool = True  # rewards/checks.py; each finding fails the gate and halves the score
+    # "auto": the cached default verifier when it exists (never trains in the reward path); "off";
+    # or a model folder. `synpro train-verifier` builds the default one.
+    verifier: str = "auto"
+    verifier_threshold: float = 0.5  # P(Faithful) below this marks a unit unfaithful
+    # score x (1 - w + w x coverage): rephrase should keep the content, reformat picks from it
+    coverage_weight: dict = field(default_factory=lambda: {"rephrase": 0.5, "reformat": 0.3})
 
 
 @dataclass
@@ -382,14 +399,68 @@ def faithfulness_batch(sources: Sequence[str], outputs: Sequence[str], *, kind: 
         details = {"alignment_min": min(sims), "alignment_mean": sum(sims) / n_units, "length_ratio": ratio,
                    "number_precision": num_prec, "entity_precision": ent_prec,
                    "unsupported_numbers": bad_numbers, "unsupported_entities": bad_entities}
-        if config.judge is not None:
-            verdict = float(config.judge(src, out))
+        judge = _judge_for(config)
+        if judge is not None:
+            verdict = float(judge(src, out, units=out_units[i]) if hasattr(judge, "judge_units") else judge(src, out))
             details["judge"] = verdict
             score *= max(0.0, min(1.0, verdict))
             if verdict < config.judge_threshold:
                 reasons.append(f"judge score {verdict:.2f} < {config.judge_threshold}")
+        if config.structured:
+            from synpro_megatron.rewards.checks import ALL_CHECKS, analyse_many, coverage
+
+            src_a, out_a = analyse_many([src, "\n".join(out_units[i]) if kind == "reformat" else out])
+            findings = [f for check in ALL_CHECKS for f in check(src_a, out_a)]
+            if kind == "reformat":
+                from synpro_megatron.rewards.checks import check_topic
+
+                for entry in parse_reformat(out):
+                    findings.extend(check_topic(src_a, entry.topic, entry.content))
+            for f in findings:
+                reasons.append(f"{f.kind}: {f.reason}")
+            details["findings"] = [f.kind for f in findings]
+            score *= 0.5 ** len(findings)
+            cov = coverage(src, "\n".join(out_units[i]) if kind == "reformat" else out)
+            details["coverage"] = cov
+            w = config.coverage_weight.get(kind, 0.0)
+            score *= (1.0 - w) + w * cov
+        # the trained cross-encoder is the default, and the fallback when no LLM judge is given
+        verifier = _verifier_for(config) if judge is None else None
+        if verifier is not None:
+            labels, p_faithful = verifier.label_units(src, out_units[i], kind=kind,
+                                                      threshold=config.verifier_threshold)
+            details["verifier_labels"] = labels
+            bad = [(u, lab) for u, lab in zip(out_units[i], labels) if lab != "Faithful"]
+            for unit, lab in bad[:3]:
+                reasons.append(f"verifier: {lab} {unit[:80]!r}")
+            score *= sum(p_faithful) / max(1, len(p_faithful))
         results[i] = FaithfulnessResult(not reasons, float(max(0.0, min(1.0, score))), reasons, details)
     return results  # type: ignore[return-value]
+
+
+_JUDGES: dict = {}
+
+
+def _judge_for(config: FaithfulnessConfig):
+    if config.judge is not None:
+        return config.judge
+    if not config.judge_model:
+        return None
+    key = (config.judge_model, config.judge_backend)
+    if key not in _JUDGES:  # one engine per process
+        from synpro_megatron.rewards.judge import judge_from_spec
+
+        _JUDGES[key] = judge_from_spec(config.judge_model, config.judge_backend)
+    return _JUDGES[key]
+
+
+def _verifier_for(config: FaithfulnessConfig):
+    if config.verifier in ("off", "", None):
+        return None
+    from synpro_megatron.rewards.verifier import load_verifier
+
+    return load_verifier(None if config.verifier == "auto" else config.verifier,
+                         required=config.verifier != "auto")
 
 
 def faithfulness(source: str, output: str, *, kind: str = "rephrase",

@@ -9,7 +9,7 @@ reformat: the mean of four checks, so partial progress is visible within a group
 """
 from __future__ import annotations
 
-from synpro_megatron.generators.prompts import (LEAD_RE, MAX_ENTRIES, check_kind, completion_text,
+from synpro_megatron.formats import (LEAD_RE, MAX_ENTRIES, check_kind, completion_text,
                                                 count_marker, parse_reformat_detailed, strip_marker)
 
 

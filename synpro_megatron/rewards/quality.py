@@ -13,6 +13,7 @@ rewrites, not for the source already being clean. Source scores are cached.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Optional, Sequence
@@ -27,6 +28,9 @@ class QualityConfig:
     terminal_weight: float = 0.15  # share of lines ending in terminal punctuation
     classifier: Optional[Callable[[list[str]], list[float]]] = None  # texts -> scores in [0, 1]
     classifier_weight: float = 0.5  # its share of the final score when given
+    # a DataMan-style LLM rating by model path (rewards/judge.py; vLLM on GPU, transformers on CPU)
+    classifier_model: Optional[str] = None
+    classifier_backend: str = "auto"
 
 
 @dataclass
@@ -59,9 +63,19 @@ def _run_filter(flt, text: str):
     return bool(verdict), "", doc.text
 
 
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)])\s+\S")
+
+
+def _lists_as_sentences(text: str) -> str:
+    """A list item is judged like a sentence: C4's line rule and the terminal-punctuation term would
+    otherwise pay for turning a list into prose, which the rephrase prompt forbids."""
+    return "\n".join(line.rstrip() + "." if _LIST_ITEM.match(line) and not line.rstrip().endswith(_TERMINAL)
+                     else line for line in text.splitlines())
+
+
 def heuristic_quality(text: str, config: Optional[QualityConfig] = None) -> QualityResult:
     config = config or QualityConfig()
-    text = text or ""
+    text = _lists_as_sentences(text or "")
     if not text.strip():
         return QualityResult(0.0, {name: False for name in _filters()}, ["empty"])
     passed, reasons = {}, []
@@ -84,13 +98,28 @@ def heuristic_quality(text: str, config: Optional[QualityConfig] = None) -> Qual
 def quality_scores(texts: Sequence[str], config: Optional[QualityConfig] = None) -> list[float]:
     config = config or QualityConfig()
     scores = [heuristic_quality(t, config).score for t in texts]
-    if config.classifier is not None and texts:
-        extra = list(config.classifier(list(texts)))
+    classifier = _classifier_for(config)
+    if classifier is not None and texts:
+        extra = list(classifier(list(texts)))
         if len(extra) != len(texts):
             raise ValueError(f"quality classifier returned {len(extra)} scores for {len(texts)} texts")
         w = config.classifier_weight
         scores = [(1 - w) * s + w * float(c) for s, c in zip(scores, extra)]
     return scores
+
+
+_SCORERS: dict = {}
+
+
+def _classifier_for(config: QualityConfig):
+    if config.classifier is not None or not config.classifier_model:
+        return config.classifier
+    key = (config.classifier_model, config.classifier_backend)
+    if key not in _SCORERS:  # one engine per process
+        from synpro_megatron.rewards.judge import quality_scorer_from_spec
+
+        _SCORERS[key] = quality_scorer_from_spec(config.classifier_model, config.classifier_backend)
+    return _SCORERS[key]
 
 
 _SOURCE_SCORES: dict = {}
@@ -100,7 +129,8 @@ def quality_reward(sources: Sequence[str], outputs: Sequence[str],
                    config: Optional[QualityConfig] = None) -> list[float]:
     """score(output) - score(source), per pair (source scores cached by content)."""
     config = config or QualityConfig()
-    keys = [(hashlib.sha1(s.encode("utf-8", "replace")).hexdigest(), id(config.classifier)) for s in sources]
+    keys = [(hashlib.sha1(s.encode("utf-8", "replace")).hexdigest(), id(config.classifier), config.classifier_model)
+            for s in sources]
     first_index = {}
     for i, k in enumerate(keys):
         if k not in _SOURCE_SCORES:

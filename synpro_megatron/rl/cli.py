@@ -5,6 +5,7 @@ import sys
 
 from synpro_megatron.generators.backends import add_sampling_args
 from synpro_megatron.generators.prompts import KINDS
+from synpro_megatron.rewards.cli import add_reward_model_flags, reward_configs
 
 
 def register_cli(sub) -> None:
@@ -47,6 +48,7 @@ def register_cli(sub) -> None:
     add_sampling_args(t, "rollouts (synthesis with this generator then samples the same way)")
     t.add_argument("--few-shot", action="store_true",
                    help="prompts start with a worked example (for small generators); synthesis then does the same")
+    add_reward_model_flags(t, quality=True)
     t.set_defaults(func=_train_cli)
 
 
@@ -72,6 +74,7 @@ def _train_cli(args) -> int:
         use_vllm=False if args.no_vllm else None, few_shot=args.few_shot,
         save_steps=args.save_steps or DEFAULT_SAVE_STEPS, resume=args.resume, temperature=sampling.temperature,
         top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+    cfg.faithfulness, cfg.quality = reward_configs(args)
     visible = launch.visible_gpus() if args.gpus != "1" else 1
     try:
         gpus = max(1, visible) if args.gpus == "all" else int(args.gpus)

@@ -35,6 +35,7 @@ from synpro_megatron.generators.backends import SamplingConfig
 from synpro_megatron.generators.prompts import check_kind, render_messages
 from synpro_megatron.rewards.combine import CombinedReward, RewardWeights
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
+from synpro_megatron.rewards.quality import QualityConfig
 from synpro_megatron.rundir import RunDir
 
 REWARD_LOG = "reward_log.jsonl"
@@ -92,6 +93,7 @@ class GRPORunConfig:
     gradient_checkpointing: Optional[bool] = None  # on GPU by default
     weights: RewardWeights = field(default_factory=RewardWeights)
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -431,7 +433,7 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     if cfg.influence and influence_scorer is None:
         influence_scorer = build_influence_scorer(cfg.checkpoint, cfg.reference_jsonl)
     reward = CombinedReward(cfg.kind, influence=influence_scorer if cfg.influence else None, weights=cfg.weights,
-                            faithfulness_config=cfg.faithfulness)
+                            faithfulness_config=cfg.faithfulness, quality_config=cfg.quality)
 
     from accelerate import PartialState
 
@@ -469,7 +471,7 @@ def train_generator(cfg: GRPORunConfig, influence_scorer=None) -> Path:
     meta = {"kind": cfg.kind, "base_generator": generator, "checkpoint": cfg.checkpoint, "steps": cfg.steps,
             "resumed_from": str(resume_from) if resume_from else None, "sampling": asdict(cfg.sampling),
             "influence": bool(cfg.influence), "seconds": round(time.time() - started, 1),
-            "config": {k: v for k, v in asdict(cfg).items() if k != "faithfulness"},
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("faithfulness", "quality")},
             "align_threshold": cfg.faithfulness.align_threshold,
             # what the prompts were made of: the run's organic pool unless told otherwise
             "prompt_sources": dataset.info.description, "prompt_doc_ids": list(dataset["doc_id"])}

@@ -6,6 +6,7 @@ import sys
 
 from synpro_megatron.generators.backends import add_sampling_args
 from synpro_megatron.generators.prompts import KINDS
+from synpro_megatron.rewards.cli import add_reward_model_flags, reward_configs
 
 
 def register_cli(sub) -> None:
@@ -41,6 +42,7 @@ def register_cli(sub) -> None:
     s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
                    help="prompts start with a worked example (default: as the generator was trained)")
     s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    add_reward_model_flags(s, quality=False)
     s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
     s.add_argument("--no-clean", action="store_true",
                    help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
@@ -106,6 +108,7 @@ def _synth_cli(args) -> int:
         candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
         rank=args.rank, world_size=args.world_size)
+    cfg.faithfulness = reward_configs(args)[0]
     try:
         # never delete an earlier round: move it aside (once, by rank 0, when the job is sharded)
         if (args.restart or args.overwrite) and not args.rank:

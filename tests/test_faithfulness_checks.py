@@ -1,0 +1,136 @@
+"""Structured faithfulness checks, coverage and the reward that keeps teaching, through the public
+entry point `synpro_megatron.rewards.faithfulness` (and CombinedReward for the group rewards).
+
+Every error kind of issue 13 is one single edit of a hand-written faithful rewrite of a real
+web_sample document; each must fail the gate with a reason of its kind. The verifier is switched
+off here (verifier="off") so these tests check the structured checks on their own, whatever is
+cached on the machine; tests/test_verifier.py covers the verifier.
+"""
+import pytest
+
+from synpro_megatron.formats import REPHRASE_LEAD
+from synpro_megatron.rewards import CombinedReward, FaithfulnessConfig, faithfulness, zscore
+from synpro_megatron.rewards.checks import coverage
+from test_rewards import FOUR_FAITHFUL, PUBG_FAITHFUL, PUBG_REFORMAT, SYSCO_FAITHFUL, docs  # noqa: F401
+
+OFF = FaithfulnessConfig(verifier="off")
+
+# (name, doc id, faithful rewrite, old text, new text, the error kind its reason must name)
+EDITS = [
+    ("swapped numbers between two facts", "c4a-00009", SYSCO_FAITHFUL,
+     "a $300 million termination fee and pay Performance Food Group, which had agreed to buy some US Foods "
+     "facilities, a $12.5 million fee",
+     "a $12.5 million termination fee and pay Performance Food Group, which had agreed to buy some US Foods "
+     "facilities, a $300 million fee", "number"),
+    ("magnitude word", "c4a-00009", SYSCO_FAITHFUL, "$3.5 billion acquisition", "$3.5 million acquisition", "number"),
+    ("edited digits that occur elsewhere", "c4a-00017", FOUR_FAITHFUL, "up to 228 meters tall", "up to 45 meters tall",
+     "unit"),
+    ("changed month", "c4a-00009", SYSCO_FAITHFUL, "sued the companies in February", "sued the companies in May",
+     "date"),
+    ("changed month (not in source)", "c4a-00009", SYSCO_FAITHFUL, "on June 23", "on July 23", "date"),
+    ("changed unit", "c4a-00017", FOUR_FAITHFUL, "16,000 square meter site", "16,000 square feet site", "unit"),
+    ("reversed relation", "c4a-00009", SYSCO_FAITHFUL, "The FTC had sued the companies",
+     "The companies had sued the FTC", "relation"),
+    ("entity swapped within the source", "c4a-00009", SYSCO_FAITHFUL, "Sysco has a large warehouse",
+     "US Foods has a large warehouse", "entity"),
+    ("invented appositive", "c4a-00038", PUBG_FAITHFUL, "NetEase quickly copied PUBG",
+     "NetEase, a publisher founded by former banking executives, quickly copied PUBG", "addition"),
+    ("invented claim", "c4a-00017", FOUR_FAITHFUL, "FOUR Frankfurt is expected",
+     "Critics argue the skyscrapers will overshadow historic churches nearby. FOUR Frankfurt is expected", "addition"),
+    ("quantifier most -> all", "c4a-00038", PUBG_FAITHFUL, "It managed to fit much of the PC and Xbox game",
+     "It managed to fit all of the PC and Xbox game", "quantifier"),
+    ("number word", "c4a-00009", SYSCO_FAITHFUL, "over the next two years", "over the next three years", "number"),
+    ("negation added", "c4a-00038", PUBG_FAITHFUL, "were very impressed", "were not impressed", "negation"),
+]
+SURVEY = ("Most residents did not support the new parking fees, according to a survey by the city council. "
+          "The council will not vote on the plan until March, when the survey results are published.")
+SURVEY_FAITHFUL = ("According to a city council survey, most residents did not back the new parking fees. The council "
+                   "will not vote on the plan before March, when the survey results come out.")
+
+
+@pytest.mark.parametrize("name,doc_id,faithful,old,new,kind", EDITS, ids=[e[0] for e in EDITS])
+def test_each_error_kind_fails_with_its_reason(docs, name, doc_id, faithful, old, new, kind):  # noqa: F811
+    assert old in faithful, "the edit must apply to the faithful rewrite"
+    source = docs[doc_id]
+    ok = faithfulness(source, faithful, config=OFF)
+    bad = faithfulness(source, faithful.replace(old, new), config=OFF)
+    assert ok.passed, ok.reasons
+    assert not bad.passed, f"{name} slipped through"
+    if kind:
+        assert any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
+    assert bad.score < ok.score
+
+
+@pytest.mark.parametrize("old,new,kind", [("The council will not vote", "The council will vote", "negation"),
+                                          ("most residents", "all residents", "quantifier")])
+def test_negation_dropped_and_quantifier_changed(old, new, kind):
+    assert faithfulness(SURVEY, SURVEY_FAITHFUL, config=OFF).passed
+    bad = faithfulness(SURVEY, SURVEY_FAITHFUL.replace(old, new), config=OFF)
+    assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
+
+
+def test_currency_abbreviation_amounts_are_checked():
+    source = ("The municipal corporation approved a budget of Rs.450 crore for the new water pipeline, and the state "
+              "government will add Rs. 120 crore for pumping stations. Work starts in March and should take two years.")
+    faithful = ("The state government will contribute Rs. 120 crore for pumping stations, while the municipal corporation "
+                "approved Rs.450 crore for the new water pipeline. Work begins in March and should last two years.")
+    changed = faithful.replace("Rs.450 crore", "Rs.650 crore")
+    swapped = faithful.replace("Rs. 120 crore", "$120 million")
+    assert faithfulness(source, faithful, config=OFF).passed, faithfulness(source, faithful, config=OFF).reasons
+    for bad in (changed, swapped):
+        result = faithfulness(source, bad, config=OFF)
+        assert not result.passed and any(r.startswith(("number:", "unit:")) for r in result.reasons), result.reasons
+
+
+def test_reordering_and_boilerplate_removal_pass(docs):  # noqa: F811
+    source = docs["c4a-00038"]
+    paragraphs = PUBG_FAITHFUL.split("\n")
+    reordered = "\n".join([paragraphs[0], paragraphs[2], paragraphs[1]] + paragraphs[3:])
+    result = faithfulness(source, reordered, config=OFF)
+    assert result.passed, result.reasons
+    cluttered = ("Home | Games | Reviews | Login\nShare this: Facebook Twitter Email\n" + source
+                 + "\nComments (0)\nSubscribe to our newsletter for the latest news!\n© 2018 All rights reserved")
+    clean = faithfulness(cluttered, PUBG_FAITHFUL, config=OFF)
+    assert clean.passed, clean.reasons
+
+
+def test_wrong_topic_over_correct_content_fails(docs):  # noqa: F811
+    source = docs["c4a-00038"]
+    ok = faithfulness(source, PUBG_REFORMAT, kind="reformat", config=OFF)
+    assert ok.passed, ok.reasons
+    # the last entry's content under a topic taken from another part of the document
+    wrong = PUBG_REFORMAT.replace("Competition from other Chinese companies", "A realistic setting versus a cartoon look")
+    bad = faithfulness(source, wrong, kind="reformat", config=OFF)
+    assert not bad.passed and any(r.startswith("topic:") for r in bad.reasons), bad.reasons
+
+
+def test_coverage_separates_a_partial_rewrite_from_a_full_one(docs):  # noqa: F811
+    source = docs["c4a-00009"]
+    paragraphs = SYSCO_FAITHFUL.split("\n")
+    partial = "\n".join(paragraphs[:3])  # about 30% of the content, faithful
+    full_cov, part_cov = coverage(source, SYSCO_FAITHFUL), coverage(source, partial)
+    assert full_cov > 0.85 and part_cov < 0.55
+    full, part = faithfulness(source, SYSCO_FAITHFUL, config=OFF), faithfulness(source, partial, config=OFF)
+    assert full.passed and part.passed
+    assert part.score < full.score - 0.15, (part.score, full.score)
+
+
+def test_an_all_failing_group_still_has_ordered_advantages(docs):  # noqa: F811
+    """Nothing passes the gate, yet the rewards differ and GRPO's advantages follow the soft
+    faithfulness score; a passing completion in the same group would outrank all of them."""
+    source = docs["c4a-00009"]
+    one = SYSCO_FAITHFUL.replace("$3.5 billion", "$3.5 million")
+    two = one.replace("sued the companies in February", "sued the companies in March")
+    three = two.replace("over the next two years", "over the next five years")
+    completions = [f"{REPHRASE_LEAD}\n{t}" for t in (two, one, three)]
+    reward = CombinedReward("rephrase", faithfulness_config=OFF)
+    values, rows = reward.score([source] * 3, completions, group_keys=["g"] * 3)
+    assert not any(r["passed"] for r in rows)
+    scores = [r["faithfulness"] for r in rows]
+    assert scores[1] > scores[0] > scores[2]  # one finding, two, three
+    advantages = zscore(values)
+    assert all(abs(a) > 0.1 for a in advantages)
+    assert advantages[1] > advantages[0] > advantages[2]
+    # with a passing completion in the group, it ranks above every failure
+    mixed, rows = reward.score([source] * 4, completions + [f"{REPHRASE_LEAD}\n{SYSCO_FAITHFUL}"], group_keys=["g"] * 4)
+    assert rows[3]["passed"] and mixed[3] > max(mixed[:3])

@@ -1,0 +1,47 @@
+"""The trained faithfulness verifier: weakly supervised pairs, deterministic training through
+`synpro train-verifier`, and `rewards.faithfulness` using the cached verifier by default."""
+import pytest
+
+from synpro_megatron.cli import main as synpro_main
+from synpro_megatron.rewards import FaithfulnessConfig, faithfulness
+from synpro_megatron.rewards.verifier import (LABELS, VerifierRecipe, Verifier, build_pairs, default_verifier_dir,
+                                              is_held_out, read_corpus)
+
+TINY = ["--max-docs", "4", "--epochs", "1", "--sentences-per-doc", "1", "--max-length", "64", "--seed", "3"]
+
+
+def test_pairs_cover_every_label_and_are_split_by_document():
+    docs = [d for d in read_corpus(VerifierRecipe().corpus) if not is_held_out(d["id"])][:6]
+    pairs = build_pairs(docs, seed=0, sentences_per_doc=1, log=lambda m: None)
+    assert {p.label for p in pairs} == set(LABELS)
+    assert {p.doc_id for p in pairs} <= {d["id"] for d in docs}
+    assert any(p.label == "Unfaithful_Content" and p.hypothesis != p.premise for p in pairs)
+    again = build_pairs(docs, seed=0, sentences_per_doc=1, log=lambda m: None)
+    assert [(p.premise, p.hypothesis, p.label) for p in pairs] == [(p.premise, p.hypothesis, p.label) for p in again]
+
+
+@pytest.mark.slow
+def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monkeypatch):
+    import torch
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert synpro_main(["train-verifier", "--output", str(a), *TINY]) == 0
+    assert synpro_main(["train-verifier", "--output", str(b), *TINY]) == 0
+    sa, sb = Verifier(str(a)).model.state_dict(), Verifier(str(b)).model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    labels, p_faithful = Verifier(str(a)).label_units("The bridge opened in 1932. It is 503 metres long.",
+                                                      ["The bridge, 503 metres long, opened in 1932."])
+    assert labels[0] in LABELS and 0.0 <= p_faithful[0] <= 1.0
+
+    # the cached default verifier is what rewards.faithfulness uses when nothing else is said
+    monkeypatch.setenv("SYNPRO_CACHE", str(tmp_path / "cache"))
+    default = default_verifier_dir()
+    default.parent.mkdir(parents=True)
+    a.rename(default)
+    result = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
+                          "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.")
+    assert "verifier_labels" in result.details and len(result.details["verifier_labels"]) >= 1
+    off = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
+                       "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.",
+                       config=FaithfulnessConfig(verifier="off"))
+    assert "verifier_labels" not in off.details
