@@ -1,4 +1,4 @@
-"""`synpro` command line. Each feature module registers its own subcommands.
+"""`synpro` command line. Each package registers its own subcommands in its `cli.py`.
 
 A module listed in COMMAND_MODULES provides `register_cli(subparsers)`, which adds one or more
 subparsers and sets `func` (called with the parsed args; its return value is the exit code).
@@ -12,10 +12,10 @@ import sys
 import warnings
 
 COMMAND_MODULES = [
-    "synpro_megatron.data.prepare",
-    "synpro_megatron.pretrain.launch",
+    "synpro_megatron.data.cli",
+    "synpro_megatron.pretrain.cli",
     "synpro_megatron.influence.cli",
-    "synpro_megatron.blending.inspect",
+    "synpro_megatron.blending.cli",
     "synpro_megatron.loop.cli",
     "synpro_megatron.eval.cli",
     "synpro_megatron.rl.cli",

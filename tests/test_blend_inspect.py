@@ -5,7 +5,8 @@ import numpy
 
 from synpro_megatron import cli
 from synpro_megatron.blending import BlendSchedule, build_blend_indices
-from synpro_megatron.blending.inspect import realized_mix, register_cli, target_mix
+from synpro_megatron.blending.cli import register_cli
+from synpro_megatron.blending.inspect import realized_mix, target_mix
 
 SCHEDULE = {
     "sources": ["organic", "round1"],

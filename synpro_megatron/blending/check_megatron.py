@@ -252,7 +252,7 @@ class _KeepMegatronArgsParser(argparse.ArgumentParser):
 
 
 def register_blend_subcommand(blend_sub) -> None:
-    """Adds `check-megatron` under `synpro blend` (called by blending/inspect.py's register_cli)."""
+    """Adds `check-megatron` under `synpro blend` (called by blending/cli.py)."""
     p = blend_sub.add_parser(
         "check-megatron", allow_abbrev=False, help="check a Megatron-LM launch line with the SynPro provider before the job starts",
         description="Parses the Megatron-LM arguments after the SynPro ones as Megatron does, checks "

@@ -122,10 +122,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def register_cli(subparsers) -> None:
-    blend = subparsers.add_parser("blend", help="blend schedules (organic + synthetic rounds)")
-    blend_sub = blend.add_subparsers(dest="blend_command", metavar="SUBCOMMAND")
-    blend_sub.required = True
+def add_inspect_parser(blend_sub) -> None:
+    """Adds `inspect` under `synpro blend` (blending/cli.py)."""
     p = blend_sub.add_parser("inspect", help="print (and plot) target vs realized mix per window")
     p.add_argument("schedule", help="schedule file (.json, .yaml)")
     p.add_argument("--num-samples", type=_positive_int, default=None,
@@ -133,6 +131,3 @@ def register_cli(subparsers) -> None:
     p.add_argument("--window", type=_positive_int, default=None, help="samples per row (default: num-samples/20)")
     p.add_argument("--out", default=None, help="write a PNG plot here")
     p.set_defaults(func=_run)
-    from synpro_megatron.blending.check_megatron import register_blend_subcommand
-
-    register_blend_subcommand(blend_sub)  # `synpro blend check-megatron` (imports megatron-core lazily)

@@ -174,9 +174,3 @@ def run(args, argv) -> int:
         print(f"pretrain done: step {summary['step']}, {summary['tokens']} tokens, "
               f"checkpoint {summary['checkpoint']}")
     return 143 if summary.get("preempted") else 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a GPT model with megatron-core (TP/PP/DP)")
-    add_pretrain_args(p)
-    p.set_defaults(func=lambda a: run(a, sys.argv[2:]))
