@@ -23,7 +23,6 @@ Methods:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform

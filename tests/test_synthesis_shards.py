@@ -2,7 +2,6 @@
 hand (in any order) merge on shard 0 to the same bytes as one process; bad --shard values get a
 clear error. The synthesis loop's own launch (srun over the allocation) is in test_slurm.py."""
 import json
-from pathlib import Path
 
 import pytest
 

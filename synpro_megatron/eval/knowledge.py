@@ -33,7 +33,8 @@ import os
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
+from synpro_megatron.fsutil import atomic_write_jsonl, atomic_write_text
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "field", "employer", "employer_city")
 
@@ -272,11 +273,7 @@ class KnowledgeConfig:
 
 
 def _write_jsonl(path: str, records: Sequence[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_jsonl(path, records, sort_keys=False)
 
 
 def write_benchmark(out_dir: str, cfg: KnowledgeConfig) -> Dict[str, str]:
@@ -299,10 +296,8 @@ def write_benchmark(out_dir: str, cfg: KnowledgeConfig) -> Dict[str, str]:
     _write_jsonl(paths["heldout_rephrasings.jsonl"], [{"id": i, "text": heldout_rephrasing(by_id[i])}
                                                       for i in split.evaluation])
     people_path = os.path.join(out_dir, "people.json")
-    tmp = f"{people_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"config": asdict(cfg), "split": asdict(split), "people": [asdict(p) for p in people]}, f, indent=1)
-    os.replace(tmp, people_path)
+    atomic_write_text(people_path, json.dumps(
+        {"config": asdict(cfg), "split": asdict(split), "people": [asdict(p) for p in people]}, indent=1))
     paths["people.json"] = people_path
     return paths
 

@@ -26,6 +26,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from synpro_megatron.fsutil import atomic_write_text
+
 COLUMNS = {"doc_id": np.int64, "source": np.int16, "step": np.int64, "tokens": np.int32,
            "loss": np.float32, "influence": np.float64}
 _CHUNK = re.compile(r"scores-r(\d+)-(\d+)-(\d+)\.npz$")
@@ -53,10 +55,8 @@ class ScoreWriter:
         self.rank = rank
         os.makedirs(self.dir, exist_ok=True)
         if write_sources:
-            tmp = os.path.join(self.dir, f"sources.json.tmp-{os.getpid()}")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"sources": list(sources), "prefixes": dict(prefixes or {})}, f)
-            os.replace(tmp, os.path.join(self.dir, "sources.json"))
+            atomic_write_text(os.path.join(self.dir, "sources.json"),
+                              json.dumps({"sources": list(sources), "prefixes": dict(prefixes or {})}))
         self._rows: Dict[str, list] = {c: [] for c in COLUMNS}
         self._truncate_after(resume_step)
 

@@ -29,6 +29,7 @@ import threading
 from typing import List, Optional, Sequence
 
 from synpro_megatron.errors import StderrTee, error_line
+from synpro_megatron.fsutil import atomic_write_text
 
 from .config import ParallelConfig
 
@@ -147,10 +148,8 @@ def synthesis_launch(parallel: Optional[ParallelConfig], synth_cmd: List[str], l
     os.makedirs(launch_dir, exist_ok=True)
     conf = os.path.join(launch_dir, "synthesis.multi-prog.conf")
     line = shlex.join(synth_cmd + tp_flags + ["--world-size", str(world), "--rank"]) + " %t"
-    tmp = conf + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"# written by synpro run: {world} synthesis ranks, task %t gets --rank %t\n0-{world - 1} {line}\n")
-    os.replace(tmp, conf)
+    atomic_write_text(conf, f"# written by synpro run: {world} synthesis ranks, task %t gets --rank %t\n"
+                            f"0-{world - 1} {line}\n")
     gpus = ["--gpus-per-task", str(tp)] if (env.get("SLURM_GPUS_ON_NODE") or env.get("SLURM_JOB_GPUS")) else []
     extra = shlex.split(env.get("SYNPRO_SRUN_ARGS", ""))
     return ["srun", f"--nodes={nodes}", f"--ntasks={world}", f"--ntasks-per-node={per_node}",

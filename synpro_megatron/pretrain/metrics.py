@@ -6,6 +6,7 @@ import math
 import os
 from typing import Iterator, Optional
 
+from synpro_megatron.fsutil import atomic_write_text
 from synpro_megatron.rundir import RunDir
 
 # metrics.jsonl key -> TensorBoard tag (Megatron's names where it has one)
@@ -60,11 +61,7 @@ class MetricsWriter:
         kept = [r for r in read_metrics(os.path.dirname(self.path)) if r.get("step", 0) <= step]
         if step == 0:
             kept = []
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in kept:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
         if not self.enabled:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
 
-from synpro_megatron.rewards.checks import _MONTHS, QUANTITY_RE, spacy_parser
+from synpro_megatron.rewards.checks import _MONTHS, spacy_parser
 
 UNFAITHFUL_KINDS = ("number", "magnitude", "number_word", "unit", "currency", "date", "entity_same_doc",
                     "entity_other_doc", "negation", "quantifier", "relation", "other_document")

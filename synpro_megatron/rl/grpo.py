@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from synpro_megatron.fsutil import atomic_write_text
 from synpro_megatron.generators.backends import SamplingConfig
 from synpro_megatron.generators.prompts import check_kind, render_messages
 from synpro_megatron.rewards.combine import CombinedReward, RewardWeights
@@ -267,9 +268,7 @@ def truncate_reward_log(log_path: Path, last_step: int) -> int:
                 kept.append(line)
         except (ValueError, KeyError):  # a line cut by the kill: the step runs again
             pass
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, log_path)
+    atomic_write_text(str(log_path), "".join(f"{line}\n" for line in kept))
     return len(kept)
 
 
@@ -331,9 +330,7 @@ def prepare_work_dir(cfg: "GRPORunConfig", work: Path, main_process: bool = True
     checkpoint = latest_checkpoint(work) if cfg.resume else None
     if main_process:
         work.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name(saved.name + ".tmp")
-        tmp.write_text(json.dumps(_comparable(cfg), indent=1), encoding="utf-8")
-        os.replace(tmp, saved)
+        atomic_write_text(str(saved), json.dumps(_comparable(cfg), indent=1))
         if checkpoint is not None:
             step = checkpoint_step(checkpoint)
             kept = truncate_reward_log(work / REWARD_LOG, step)

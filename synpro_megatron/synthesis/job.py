@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from synpro_megatron.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from synpro_megatron.fsutil import atomic_write_json, atomic_write_jsonl
 from synpro_megatron.generators.prompts import check_kind
 from synpro_megatron.rundir import RunDir
 from synpro_megatron.synthesis.config import SynthesisConfig
