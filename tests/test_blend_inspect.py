@@ -65,4 +65,5 @@ def test_inspect_reports_bad_schedule(tmp_path, capsys):
 
 
 def test_inspect_is_registered_with_the_synpro_cli():
-    assert "synpro_megatron.blending.inspect" in cli.COMMAND_MODULES
+    assert "synpro_megatron.blending.cli" in cli.COMMAND_MODULES
+    assert cli.build_parser().parse_args(["blend", "inspect", "s.json"]).func.__module__ == "synpro_megatron.blending.inspect"
