@@ -167,16 +167,19 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_probe_cli_writes_factors_and_document_losses(checkpoint, tmp_path):
-    run_dir = tmp_path / "round"
+    from synpro_megatron.rundir import RunDir
+
+    run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "synpro_megatron.cli", "probe", "--checkpoint", checkpoint,
-                           "--run-dir", str(run_dir), "--max-ref-docs", "8", "--doc-losses", "--doc-limit", "10"],
-                          capture_output=True, text=True, timeout=600)
+                           "--run-dir", str(run_dir), "--round", "2", "--max-ref-docs", "8", "--doc-losses",
+                           "--doc-limit", "10"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.load(open(run_dir / "probe" / "probe.json"))
+    probe_dir = RunDir(str(run_dir)).probe_dir(2)  # the run-directory contract: RUN_DIR/rounds/round_2/probe
+    summary = json.load(open(os.path.join(probe_dir, "probe.json")))
     assert summary["step"] == 6 and os.path.exists(summary["factors"])
     factors = torch.load(summary["factors"])
     assert set(factors) == set(summary["layers"]) and "output_layer" in factors
-    rows = [json.loads(line) for line in open(run_dir / "probe" / "doc_losses.jsonl")]
+    rows = [json.loads(line) for line in open(os.path.join(probe_dir, "doc_losses.jsonl"))]
     ids = json.load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(checkpoint))),
                                       "organic.docids.json")))
     assert [r["id"] for r in rows] == ids[:10]

@@ -65,16 +65,16 @@ def test_judge_and_scorer_are_reached_from_the_configs(smollm2_backend):
 def test_cli_and_loop_config_carry_the_model_flags():
     from synpro_megatron.cli import build_parser
     from synpro_megatron.loop.config import GeneratorConfig
-    from synpro_megatron.rl.cli import _reward_configs
+    from synpro_megatron.rewards.cli import reward_configs
 
     args = build_parser().parse_args(["train-generator", "--kind", "rephrase", "--run-dir", "r", "--judge-model",
                                       "/models/qwen3-judge", "--quality-model", "/models/dataman", "--verifier", "off"])
-    faith, quality = _reward_configs(args)
+    faith, quality = reward_configs(args)
     assert faith.judge_model == "/models/qwen3-judge" and faith.verifier == "off"
     assert quality.classifier_model == "/models/dataman"
     args = build_parser().parse_args(["synthesize", "--kind", "reformat", "--run-dir", "r", "--round", "1",
                                       "--judge-model", "/models/qwen3-judge"])
-    assert _reward_configs(args)[0].judge_model == "/models/qwen3-judge"
+    assert reward_configs(args)[0].judge_model == "/models/qwen3-judge"
     gen = GeneratorConfig(judge_model="/models/qwen3-judge", quality_model="/models/dataman")
     assert gen.reward_model_args("train") == ["--judge-model", "/models/qwen3-judge", "--quality-model", "/models/dataman"]
     assert gen.reward_model_args("synth") == ["--judge-model", "/models/qwen3-judge"]
