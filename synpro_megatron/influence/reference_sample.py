@@ -8,7 +8,6 @@ ids (``id`` field, else ``<file>:<line>``) are returned so they can be recorded 
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import List, Optional
@@ -23,22 +22,13 @@ class ReferenceSample:
 
 
 def sample_reference(path: Optional[str], field: str = "text", n: int = 64, seed: int = 0) -> ReferenceSample:
-    from synpro_megatron.pretrain.data import DEFAULT_REFERENCE
+    from synpro_megatron.pretrain.data import DEFAULT_REFERENCE, iter_reference_records
 
     path = path or DEFAULT_REFERENCE
     by_task: dict[str, list] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj.get(field), str):
-                raise ValueError(f"{path}:{lineno}: missing text field {field!r}")
-            task = str(obj.get("task", ""))
-            by_task.setdefault(task, []).append((str(obj.get("id", f"{path}:{lineno}")), obj[field]))
+    for lineno, obj in iter_reference_records(path, field):
+        task = str(obj.get("task", ""))
+        by_task.setdefault(task, []).append((str(obj.get("id", f"{path}:{lineno}")), obj[field]))
     if not by_task:
         raise ValueError(f"{path}: no reference documents")
     rng = random.Random(seed)

@@ -142,9 +142,10 @@ def heldout_windows(prefix: str, seq_length: int, max_windows: int):
     return pack_windows([d.tolist() for d in read_documents(held)], seq_length, max_windows)
 
 
-def load_reference_texts(path: Optional[str], field: str = "text", max_docs: Optional[int] = None) -> List[str]:
+def iter_reference_records(path: Optional[str], field: str = "text"):
+    """(line number, record) of a reference JSONL (default: the packaged one); a malformed line or a
+    missing text field is an error naming the file and line."""
     path = path or DEFAULT_REFERENCE
-    texts = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -153,11 +154,18 @@ def load_reference_texts(path: Optional[str], field: str = "text", max_docs: Opt
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if field not in obj or not isinstance(obj[field], str):
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
                 raise ValueError(f"{path}:{lineno}: missing text field {field!r}")
-            texts.append(obj[field])
-            if max_docs and len(texts) >= max_docs:
-                break
+            yield lineno, obj
+
+
+def load_reference_texts(path: Optional[str], field: str = "text", max_docs: Optional[int] = None) -> List[str]:
+    path = path or DEFAULT_REFERENCE
+    texts = []
+    for _, obj in iter_reference_records(path, field):
+        texts.append(obj[field])
+        if max_docs and len(texts) >= max_docs:
+            break
     if not texts:
         raise ValueError(f"{path}: no reference documents")
     return texts
