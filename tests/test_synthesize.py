@@ -381,3 +381,24 @@ def test_prompts_follow_how_the_generator_was_trained(tmp_path):
     (gen / "synpro_generator.json").write_text("{not json")
     with pytest.raises(ValueError, match="synpro_generator.json"):
         trained_with_few_shot(str(gen))
+
+
+def test_round_is_tokenized_like_the_runs_organic_pool(tmp_path):
+    """A run prepared with its own tokenizer (`synpro prepare --train-tokenizer`) gets synthetic rounds
+    in that vocabulary: the round is blended into the same pretraining run."""
+    from synpro_megatron.data.prepare import PrepareConfig, load_meta, prepare
+    from synpro_megatron.data.tokenizer import load_tokenizer
+    from synpro_megatron.rundir import RunDir
+
+    run = RunDir(str(tmp_path / "run"))
+    os.makedirs(os.path.dirname(run.organic_prefix))
+    prepare(PrepareConfig(input=str(PACKAGED_SAMPLE), output=run.organic_prefix, limit=30, held_out=0.1,
+                          workers=1, train_tokenizer=400))
+    trained = load_meta(run.organic_prefix)["tokenizer"]
+    entry = run_synthesis(_config(run.root, source_jsonl=None, limit=8), backend=FakeReformatBackend())
+    assert entry["tokenizer"] == load_tokenizer(trained).name
+    tok = load_tokenizer(trained)
+    docs = _idx_docs(run.synthetic_prefix(1, "reformat"))
+    assert docs and all(int(t) < tok.vocab_size for d in docs for t in d)
+    journal = [r for r in read_journal(work_dir(_config(run.root)) / "journal.rank0.jsonl") if r["kept"]]
+    assert [tok.detokenize([int(t) for t in d[:-1]]) for d in docs] == [r["text"] for r in journal]

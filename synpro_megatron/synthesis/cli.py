@@ -49,7 +49,7 @@ def register_cli(sub) -> None:
     s.add_argument("--no-entry-filter", action="store_true",
                    help="reformat: gate the entries as one block instead of keeping the faithful ones")
     s.add_argument("--seed", type=int, default=1234)
-    s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: SmolLM2)")
+    s.add_argument("--tokenizer", default=None, help="pretraining tokenizer for the output (default: the one the run's organic pool was prepared with, else SmolLM2)")
     s.add_argument("--rank", type=int, default=None, help="this process's rank (default: RANK or SLURM_PROCID, else 0)")
     s.add_argument("--world-size", type=int, default=None,
                    help="number of synthesis processes (default: WORLD_SIZE or SLURM_NTASKS, else 1)")

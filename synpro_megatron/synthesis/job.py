@@ -232,6 +232,20 @@ def _wait_for_ranks(wdir: Path, world: int, timeout_s: float) -> None:
 
 # ------------------------------------------------------------------------------- finalize
 
+def pretraining_tokenizer(cfg: SynthesisConfig) -> Optional[str]:
+    """The tokenizer the run's organic pool was prepared with (its meta.json): a synthetic round is
+    blended into the same pretraining run, so it must use the same vocabulary (e.g. one trained by
+    `synpro prepare --train-tokenizer`). None (the default SmolLM2 tokenizer) when the run has no
+    prepared data."""
+    meta = (cfg.organic or RunDir(cfg.run_dir).organic_prefix) + ".meta.json"
+    if not os.path.exists(meta):
+        return None
+    try:
+        return json.loads(Path(meta).read_text(encoding="utf-8")).get("tokenizer")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta}: invalid JSON ({e})") from None
+
+
 def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict) -> dict:
     """Build KIND.{bin,idx}, provenance and the manifest entry from the journals."""
     from synpro_megatron.data.indexed import write_indexed_dataset
@@ -257,7 +271,7 @@ def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict)
 
     ordered = [by_id[i] for i in expected]
     kept = [r for r in ordered if r["kept"]]
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer or pretraining_tokenizer(cfg))
     token_lists = [tok.tokenize(r["text"]) + [tok.eod] for r in kept]
     run = RunDir(cfg.run_dir)
     prefix = run.synthetic_prefix(cfg.round, cfg.kind)
