@@ -40,12 +40,14 @@ def runs(tmp_path_factory):
     # The valued run is killed once the chunk of step 4 is on disk (the last checkpoint is step 3),
     # i.e. with scores past the checkpoint that the resumed run will compute again.
     valued = subprocess.Popen(_pretrain_cmd(corpus, on, "--value-documents"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     chunk4 = on / "valuation" / "scores-r000-00000004-00000004.npz"
     deadline = time.time() + 600
     while not chunk4.exists() and valued.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    valued.send_signal(signal.SIGKILL)
+    # the whole process group, as a node failure or `scancel -s KILL` would: the checkpoint writer's
+    # helper process ignores SIGTERM by design and would otherwise outlive the test
+    os.killpg(valued.pid, signal.SIGKILL)
     valued.wait()
     assert chunk4.exists(), "the valued run ended before its step-4 chunk was written"
     killed_steps = set(load_scores(str(on))["step"].tolist())
