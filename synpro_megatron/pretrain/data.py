@@ -159,21 +159,21 @@ def iter_reference_records(path: Optional[str], field: str = "text"):
             yield lineno, obj
 
 
-def load_reference_texts(path: Optional[str], field: str = "text", max_docs: Optional[int] = None) -> List[str]:
-    path = path or DEFAULT_REFERENCE
-    texts = []
-    for _, obj in iter_reference_records(path, field):
-        texts.append(obj[field])
-        if max_docs and len(texts) >= max_docs:
-            break
-    if not texts:
-        raise ValueError(f"{path}: no reference documents")
-    return texts
-
-
 def reference_windows(path: Optional[str], field: str, tokenizer, seq_length: int, max_docs: int,
-                      max_windows: int):
-    texts = load_reference_texts(path, field, max_docs)
+                      max_windows: int, seed: int = 0):
+    """The evaluation's (and the valuation's) reference windows: a seeded sample of max_docs whole
+    documents stratified over the reference set's tasks (the same sampler the probe uses), packed into
+    windows. Taking the first lines instead would read only the task the file starts with."""
+    from synpro_megatron.influence.reference_sample import sample_reference
+
+    sample = sample_reference(path, field, max_docs, seed=seed)
+    # Interleave the tasks (one document of each in turn): the windows keep only a prefix of the
+    # packed stream, and that prefix must be stratified too.
+    by_task: Dict[str, List[str]] = {}
+    for text, task in zip(sample.texts, sample.tasks):
+        by_task.setdefault(task, []).append(text)
+    queues = list(by_task.values())
+    texts = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
     docs = [ids + [tokenizer.eod] for ids in tokenizer.tokenize_batch(texts)]
     return pack_windows(docs, seq_length, max_windows)
 

@@ -200,7 +200,7 @@ def _eval_sets(cfg: PretrainConfig, tokenizer, seq: int, needs_data: bool):
         return {"heldout": [None] * cfg.eval_iters, "reference": [None] * cfg.eval_iters}
     held = pdata.heldout_windows(cfg.data, seq, per_rank * dp)
     ref = pdata.reference_windows(cfg.reference, cfg.reference_field, tokenizer, seq, cfg.reference_max_docs,
-                                  per_rank * dp)
+                                  per_rank * dp, seed=cfg.seed)
     for name, windows in (("heldout", held), ("reference", ref)):
         if len(windows) < per_rank * dp:
             raise ValueError(f"{name} set has {len(windows)} windows of {seq} tokens; need {per_rank * dp} "
