@@ -41,6 +41,13 @@ EDITS = [
      "It managed to fit all of the PC and Xbox game", "quantifier"),
     ("number word", "c4a-00009", SYSCO_FAITHFUL, "over the next two years", "over the next three years", "number"),
     ("negation added", "c4a-00038", PUBG_FAITHFUL, "were very impressed", "were not impressed", "negation"),
+    # a figure of the source copied over another of the same kind in the sentence that rewrites it
+    ("figure copied over another", "c4a-00009", SYSCO_FAITHFUL, "gained 3.1 percent", "gained 3.3 percent", "number"),
+    ("entity moved onto another's anchor", "c4a-00009", SYSCO_FAITHFUL, "runs a major distribution center in Fishers",
+     "runs a major distribution center in Indianapolis", "entity"),
+    ("negation dropped in a merged sentence", "c4a-00009", SYSCO_FAITHFUL,
+     "had considered an appeal but decided not to pursue one", "had considered an appeal and decided to pursue one",
+     "negation"),
 ]
 SURVEY = ("Most residents did not support the new parking fees, according to a survey by the city council. "
           "The council will not vote on the plan until March, when the survey results are published.")
@@ -67,6 +74,17 @@ def test_negation_dropped_and_quantifier_changed(old, new, kind):
     assert faithfulness(SURVEY, SURVEY_FAITHFUL, config=OFF).passed
     bad = faithfulness(SURVEY, SURVEY_FAITHFUL.replace(old, new), config=OFF)
     assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
+
+
+def test_scores_are_one_figure_and_number_words_are_placed():
+    source = ("Azarenka beat Stephens 6-1, 6-4 in the semi-final. Murray needed four and a half hours to beat Federer, "
+              "who had rested for two days.")
+    faithful = ("In the semi-final Azarenka defeated Stephens 6-1, 6-4. It took Murray four and a half hours to beat "
+                "Federer, who had two days of rest.")
+    assert faithfulness(source, faithful, config=OFF).passed, faithfulness(source, faithful, config=OFF).reasons
+    for old, new in (("6-4", "6-2"), ("four and a half", "two and a half")):
+        bad = faithfulness(source, faithful.replace(old, new), config=OFF)
+        assert not bad.passed and any(r.startswith("number:") for r in bad.reasons), (old, bad.reasons)
 
 
 def test_currency_abbreviation_amounts_are_checked():

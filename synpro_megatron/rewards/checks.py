@@ -147,10 +147,19 @@ def _fmt(value: Decimal) -> str:
     return format(value, "f").rstrip("0").rstrip(".") if "." in format(value, "f") else format(value, "f")
 
 
+# a score or a pair of small numbers joined by a dash ("6-2", "3-1"): one figure, not two
+SCORE_RE = re.compile(r"(?<![\w.,\-–])\d{1,2}(?:[-–]\d{1,2})+(?![\w\-–]|[.,]\d)")
+
+
 def find_quantities(text: str) -> list[Quantity]:
     out = []
+    scores = [(m.start(), m.end()) for m in SCORE_RE.finditer(text)]
+    for a, b in scores:
+        out.append(Quantity(text[a:b].replace("–", "-"), None, None, text[a:b], a, b))
     for m in QUANTITY_RE.finditer(text):
         num = m.group("num")
+        if any(a <= m.start("num") < b for a, b in scores):
+            continue
         line_start = text.rfind("\n", 0, m.start("num")) + 1
         if _LIST_MARKER.match(text[line_start:m.end("num") + 2]) and text[line_start:m.start("num")].strip() == "":
             continue  # "1. " list marker
@@ -176,7 +185,9 @@ def find_quantities(text: str) -> list[Quantity]:
             currency = currency or _CURRENCY_WORDS[unit_raw]
         elif unit_raw:
             unit = _UNITS.get(unit_raw)
-        out.append(Quantity(_fmt(value), unit, currency, m.group().strip(), m.start(), m.end()))
+        # the match may start with the optional space before the number: point at the text itself
+        start = m.start() + len(m.group()) - len(m.group().lstrip())
+        out.append(Quantity(_fmt(value), unit, currency, m.group().strip(), start, m.end()))
     return out
 
 
@@ -200,6 +211,8 @@ _QUANTIFIER_GROUPS = {
 _NEGATIVE_WORDS = frozenset({"against", "refuse", "decline", "deny", "fail", "reject", "lack", "instead", "rather",
                              "absent", "unable", "avoid", "stop", "cease", "abandon", "terminate", "unlikely",
                              "rule", "drop", "miss", "lose", "free", "ban", "prevent", "forbid", "only"})
+_NEGATIVE_NON_VERBS = frozenset({"against", "instead", "rather", "absent", "unable", "unlikely", "free", "lack",
+                                 "only"})
 _STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "none", "few", "rarely"})
 _ENTITY_LABELS = frozenset({"PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW"})
 _NOUNISH = ("NOUN", "PROPN")
@@ -224,6 +237,8 @@ class Analysis:
     all_lemmas: set
     negative: list  # per sentence: has a word that negates without "not" ("decided against it")
     stems: set  # 5- and 6-letter prefixes of the words (paraphrase morphology: "acquisition"/"acquire")
+    attachments: set  # (anchor words, preposition or "appos", entity words, entity group): "Yurcan of American Banker"
+    predicates: list  # per sentence: {verb lemma: negated?} for the verbs and predicate adjectives
 
 
 def _lemma(tok) -> str:
@@ -297,7 +312,7 @@ def _analyse_doc(text: str, doc) -> Analysis:
                         and _lemma(t) not in _MONTHS})
         nouns.append({_lemma(t) for t in s if t.pos_ in _NOUNISH and t.is_alpha})
         negations.append(sum(1 for t in s if t.dep_ == "neg" or t.lower_ in _NEGATIONS))
-        negative.append(any(_lemma(t) in _NEGATIVE_WORDS for t in s))
+        negative.append(any(_negates_clause(t) for t in s))
         quantifiers.append({_QUANTIFIER_GROUPS[t.lower_] for t in s if t.lower_ in _QUANTIFIER_GROUPS})
 
     def token_at(char: int):
@@ -358,8 +373,79 @@ def _analyse_doc(text: str, doc) -> Analysis:
             entities.append((words, e.text, e.label_, sent_of.get(e.start, -1)))
     all_lemmas = {_lemma(t) for t in doc if t.is_alpha} | {t.lower_ for t in doc if t.is_alpha}
     stems = {w[:k] for w in all_lemmas for k in (5, 6) if len(w) > k}
+    predicates = []
+    for s in sentences:
+        preds: dict = {}
+        for t in s:
+            if t.pos_ in ("VERB", "ADJ") and t.is_alpha:
+                preds[_lemma(t)] = preds.get(_lemma(t), False) or _predicate_negated(t)
+        predicates.append(preds)
     return Analysis(text, doc, sentences, content, nouns, quantities, months, entities, _triples(doc), negations,
-                    quantifiers, all_lemmas, negative, stems)
+                    quantifiers, all_lemmas, negative, stems, _attachments(doc), predicates)
+
+
+def _is_negation(tok) -> bool:
+    return tok.dep_ == "neg" or tok.lower_ in _NEGATIONS
+
+
+def _predicate_negated(tok) -> bool:
+    """"did not sign", "decided against it" and "decided not to pursue it" all negate the predicate
+    (the last through its complement clause), so a rewrite may move the negation between them."""
+    for c in tok.children:
+        if _is_negation(c) or (c.dep_ == "prep" and _negates_clause(c)):
+            return True
+        if c.dep_ in ("xcomp", "ccomp") and any(_is_negation(g) for g in c.children):
+            return True
+    return False
+
+
+def _negates_clause(tok) -> bool:
+    """A word that negates without a "not" ("refused to sign", "decided against it"): a negative verb
+    governing a clause, or a negative adverb/preposition. "Branches dropped" is a fall, not a negation."""
+    lemma = _lemma(tok)
+    if lemma not in _NEGATIVE_WORDS:
+        return False
+    if tok.pos_ == "VERB":
+        return any(c.dep_ in ("xcomp", "ccomp", "prep", "prt", "pcomp") for c in tok.children)
+    return lemma in _NEGATIVE_NON_VERBS  # "a ban" or "the drop" is no negation; "instead", "unable" are
+
+
+def _entity_of(tok, doc):
+    return next((e for e in doc.ents if e.start <= tok.i < e.end and e.label_ in _ENTITY_LABELS), None)
+
+
+def _attachments(doc) -> set:
+    """What each named entity is said of: "Bryan Yurcan of American Banker" -> ({bryan, yurcan}, of,
+    {american, banker}); appositions likewise. A swapped entity keeps the anchor and changes the rest."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    def words(span_text: str) -> frozenset:
+        return frozenset(w for w in re.findall(r"[a-z0-9]+", span_text.lower()) if w not in STOP_WORDS and w != "s")
+
+    named = [(e.root, e.text, _ENTITY_GROUP[e.label_]) for e in doc.ents if e.label_ in _ENTITY_LABELS]
+    # a proper noun the small model does not tag ("a distribution center in Fishers") is a name too
+    named += [(t, " ".join(x.text for x in t.subtree if x.dep_ == "compound" or x is t), "any") for t in doc
+              if t.dep_ == "pobj" and not t.ent_type_ and t.is_alpha
+              and (t.pos_ == "PROPN" or (t.text[0].isupper() and not t.is_sent_start))]  # "Fishers" as NOUN
+    found = set()
+    for root, text, group in named:
+        if root.dep_ == "pobj" and root.head.dep_ == "prep":
+            rel, anchor = root.head.lower_, root.head.head
+        elif root.dep_ == "appos":
+            rel, anchor = "appos", root.head
+        else:
+            continue
+        anchor_ent = _entity_of(anchor, doc)
+        if anchor_ent is not None:
+            anchor_words = words(anchor_ent.text)
+        elif anchor.pos_ in _NOUNISH and anchor.is_alpha and not anchor.is_stop and rel != "appos":
+            anchor_words = frozenset({_lemma(anchor)})  # "center in Fishers" (not "world number one X")
+        else:
+            continue
+        ent_words = words(text)
+        if anchor_words and ent_words and not anchor_words & ent_words:
+            found.add((anchor_words, rel, ent_words, group))
+    return found
 
 
 def _prev_word(text: str, pos: int) -> str:
@@ -394,6 +480,8 @@ def check_numbers(src: Analysis, out: Analysis) -> list[Finding]:
     for q in src.quantities:
         by_value.setdefault(q.value, []).append(q)
     source_values = set(by_value) | {_fmt(Decimal(v)) for v in _word_values(src.text)}
+    # the parts of a source score or range may be given alone ("6-2" -> "won six games to two")
+    source_values |= {p for v in by_value if "-" in v for p in v.split("-")}
     for q in out.quantities:
         if q.value not in source_values:
             findings.append(Finding("number", f"number '{q.text}' ({q.value}) is not in the source"))
@@ -413,7 +501,10 @@ def check_numbers(src: Analysis, out: Analysis) -> list[Finding]:
                 for w in o.head:
                     others.setdefault(w, o)
         # swapped figures: the noun this number is said of is, in the source, said of another number
-        conflict = sorted(w for w in q.head if w not in support and w in others)
+        # (two figures of one source sentence; across sentences, _displaced_value judges: a merged
+        # sentence legitimately says "four towers, up to 228 meters tall" of two source sentences)
+        homes = {s.sentence for s in same}
+        conflict = sorted(w for w in q.head if w not in support and w in others and others[w].sentence in homes)
         if conflict:
             w = conflict[0]
             findings.append(Finding("number", f"'{q.text}' is said of '{w}', which the source says of "
@@ -429,7 +520,38 @@ def check_numbers(src: Analysis, out: Analysis) -> list[Finding]:
             if best >= 0.6 and homes and all(scores[h] < 0.3 for h in homes):
                 findings.append(Finding("number", f"'{q.text}' comes from another source sentence "
                                                   f"({src.sentences[min(homes)].text.strip()[:60]!r})"))
+                continue
+        displaced = _displaced_value(src, out, q, len(same))
+        if displaced is not None:
+            findings.append(Finding("number", f"'{q.text}' stands where the source sentence gives "
+                                              f"'{displaced.text}' ({q.value} is given "
+                                              f"{len(same)}x in the source, more often here)"))
     return findings
+
+
+def _is_year(value: str) -> bool:
+    return value.isdigit() and 1500 <= int(value) <= 2100
+
+
+def _displaced_value(src: Analysis, out: Analysis, q: Quantity, source_count: int) -> Optional[Quantity]:
+    """A source number copied over another: the output gives q's value more often than the source (or
+    in a sentence whose source sentences do not give it), and a number of the same kind (unit or currency, year or not) of the source sentence q's sentence
+    rewrites is gone from the output ("47% more" -> "37% more" where 37% is another fact's)."""
+    if q.sentence < 0:
+        return None
+    matches, best = matching_sentences(src, out, q.sentence)
+    repeated = sum(o.value == q.value for o in out.quantities) > source_count
+    # or: a value the source sentence(s) this sentence rewrites do not give, in place of one they do
+    foreign = best >= 0.6 and not any(o.value == q.value for o in src.quantities if o.sentence in matches)
+    if best < 0.5 or not (repeated or foreign):
+        return None
+    out_values = {o.value for o in out.quantities} | {_fmt(Decimal(v)) for v in _word_values(out.text)}
+    dim = q.currency or q.unit
+    for o in src.quantities:
+        if (o.sentence in matches and o.value not in out_values and (o.currency or o.unit) == dim
+                and _is_year(o.value) == _is_year(q.value)):
+            return o
+    return None
 
 
 def _word_values(text: str) -> list[int]:
@@ -472,7 +594,8 @@ def _entity_in(words: frozenset, ents, lemmas: set) -> bool:
 
 def check_entities(src: Analysis, out: Analysis) -> list[Finding]:
     findings = []
-    src_words = src.all_lemmas | {w for e in src.entities for w in e[0]}
+    # every word of the source as the entity words are cut ("PS3", "x2019" are not alphabetic tokens)
+    src_words = src.all_lemmas | {w for e in src.entities for w in e[0]} | set(re.findall(r"[a-z0-9]+", src.text.lower()))
     for words, text, label, oi in out.entities:
         if not all(w in src_words or w.rstrip("s") in src_words for w in words):
             findings.append(Finding("entity", f"'{text}' ({label}) is not named in the source"))
@@ -496,6 +619,23 @@ def check_entities(src: Analysis, out: Analysis) -> list[Finding]:
     return findings
 
 
+def check_attachments(src: Analysis, out: Analysis) -> list[Finding]:
+    """An entity the source names, moved onto an anchor the source gives another entity of its kind:
+    "Bryan Yurcan of the FDIC" where the source says "Bryan Yurcan of American Banker"."""
+    findings = []
+    for anchor, rel, ent, group in out.attachments:
+        # the source attaches this entity to this anchor somewhere ("Novak Djokovic" = "Djokovic of Serbia")
+        if any(a & anchor and e & ent for a, r, e, g in src.attachments):
+            continue
+        other = [e for a, r, e, g in src.attachments
+                 if a & anchor and r == rel and (g == group or "any" in (g, group)) and not e & ent]
+        if other:
+            findings.append(Finding("entity", f"'{' '.join(sorted(ent))}' is said to be '{rel}' "
+                                              f"'{' '.join(sorted(anchor))}', where the source has "
+                                              f"'{' '.join(sorted(other[0]))}'"))
+    return findings
+
+
 def check_relations(src: Analysis, out: Analysis) -> list[Finding]:
     findings = []
     for s, verb, o in out.triples:
@@ -505,18 +645,32 @@ def check_relations(src: Analysis, out: Analysis) -> list[Finding]:
 
 
 def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
+    """Polarity, predicate by predicate: a verb or predicate adjective negated in the source sentence an
+    output sentence rewrites and plain in the output ("will not solve" -> "will solve"), or the reverse;
+    plus a negation in an output sentence whose source has none at all, nearby or by a negative word."""
     findings = []
     for oi, sent in enumerate(out.sentences):
         matches, best = matching_sentences(src, out, oi)
         if not matches or best < 0.5:
             continue
-        src_neg = sum(src.negations[j] for j in matches)
-        if out.negations[oi] and not src_neg and not any(src.negative[j] for j in matches):
-            # a negation may come from a neighbouring sentence the output merged in
-            if not any(src.negations[j] for j in _window(matches, len(src.sentences))):
-                findings.append(Finding("negation", f"negation added: {sent.text.strip()[:90]!r}"))
-        elif src_neg and not out.negations[oi] and best >= 0.7 and len(matches) == 1:
-            findings.append(Finding("negation", f"negation dropped: {sent.text.strip()[:90]!r}"))
+        text = sent.text.strip()[:90]
+        near = _window(matches, len(src.sentences))
+        src_negative = any(src.negative[j] for j in matches)  # "refused to sign" may become "did not sign"
+
+        def polarity(v):  # True/False when the matched source sentences use v with one polarity only
+            seen = {src.predicates[j][v] for j in matches if v in src.predicates[j]}
+            return seen.pop() if len(seen) == 1 else None
+
+        dropped = sorted(v for v, neg in out.predicates[oi].items() if not neg and polarity(v) is True)
+        added = sorted(v for v, neg in out.predicates[oi].items() if neg and polarity(v) is False
+                       and not any(src.predicates[j].get(v) for j in near))
+        if dropped and not out.negative[oi]:
+            findings.append(Finding("negation", f"'{dropped[0]}' is negated in the source, not here: {text!r}"))
+        elif added and not src_negative:
+            findings.append(Finding("negation", f"'{added[0]}' is negated here, not in the source: {text!r}"))
+        elif (out.negations[oi] and not any(src.negations[j] for j in near) and not src_negative
+              and not any(src.negative[j] for j in near)):
+            findings.append(Finding("negation", f"negation added: {text!r}"))
     return findings
 
 
@@ -563,8 +717,8 @@ def check_additions(src: Analysis, out: Analysis) -> list[Finding]:
     return findings
 
 
-ALL_CHECKS = (check_numbers, check_dates, check_entities, check_relations, check_negation, check_quantifiers,
-              check_additions)
+ALL_CHECKS = (check_numbers, check_dates, check_entities, check_attachments, check_relations, check_negation,
+              check_quantifiers, check_additions)
 
 
 def structured_findings(source: str, output: str) -> list[Finding]:
@@ -646,4 +800,22 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
     if len(words) >= 2 and other * len(words) >= 2 and other >= 0.6 and own < 0.5 and other - own >= 0.4:
         return [Finding("topic", f"topic {topic[:60]!r} does not describe its content (it matches another part "
                                  f"of the source: {other:.0%} of its words vs {own:.0%})")]
+    # a topic that shares no word with its own content, taken from a sentence the content does not
+    # rewrite (a neighbour included): an entry must name what it says, not what the next one says
+    top = set()
+    for ci in range(len(c.sentences)):
+        top |= set(matching_sentences(src, c, ci)[0])
+    # the content's own source sentences count as its words ("PUBG" for "PlayerUnknown's Battlegrounds")
+    said = c.all_lemmas | {_lemma(tok) for j in top for tok in src.sentences[j]}
+    if words and _overlap(words, said, c.stems | {w[:k] for w in said for k in (5, 6) if len(w) > k}) == 0:
+        for j, sent in enumerate(src.sentences):
+            lem = {_lemma(tok) for tok in sent}
+            # all of its words: an abstract topic ("Competition from other Chinese companies") may
+            # share a phrase with another sentence; a topic lifted from one shares everything
+            # (the sentence just before the content is its lead-in: "But Tencent may find its main
+            # competition ... from other Chinese companies" may title the NetEase entry that follows)
+            lead_in = any(t - 2 <= j < t and para_of[j] == para_of[t] for t in top)
+            if j not in top and not lead_in and _overlap(words, lem, {w[:k] for w in lem for k in (5, 6) if len(w) > k}) >= 1.0:
+                return [Finding("topic", f"topic {topic[:60]!r} shares no word with its content and names what "
+                                         f"another source sentence says ({sent.text.strip()[:50]!r})")]
     return []
