@@ -231,3 +231,43 @@ def test_default_lr_is_the_checkpoints_scheduled_lr(checkpoint):
     for step in (1, 3, 6):  # the trainer logs the lr after its scheduler step
         assert checkpoint_lr(cfg, step) == pytest.approx(logged[step], rel=1e-9)
     assert len({round(v, 12) for v in logged.values()}) > 2 and logged[6] < cfg.lr
+
+
+def test_adam_score_predicts_one_preconditioned_step(checkpoint):
+    """optimizer="adam": score(x) = lr<g_x * P, g_ref> with P = 1/(sqrt(v̂)+eps) from the checkpoint's
+    Adam state, against the measured drop of the reference loss after the step w -= lr * P * g_x (the
+    step Adam takes on x, up to its momentum), and clearly different from the plain SGD score."""
+    from synpro_megatron.influence.optimizer_state import adam_preconditioners
+    from synpro_megatron.influence.probe import InfluenceProbe
+
+    adam = InfluenceProbe(checkpoint, max_ref_docs=24, mode="exact", lr=1e-6, cache=False, optimizer="adam")
+    try:
+        texts = web_texts(200, 12)
+        predicted = adam.score(texts)
+        layers = adam._layers()
+        precond = adam_preconditioners(checkpoint, [n for n, _ in layers], adam.tokenizer.vocab_size)
+        weights = [(layer.module.weight, precond[name]) for name, layer in layers]
+        base = _reference_loss(adam)
+        actual = []
+        for text in texts:
+            saved = [w.detach().clone() for w, _ in weights]
+            adam._zero_param_grads()
+            adam.backward_texts([text])
+            with torch.no_grad():
+                for w, p in weights:
+                    w -= adam.lr * p.to(w.dtype) * w.grad
+            actual.append(base - _reference_loss(adam))
+            with torch.no_grad():
+                for (w, _), s in zip(weights, saved):
+                    w.copy_(s)
+        adam._zero_param_grads()
+    finally:
+        adam.close()
+    actual = torch.tensor(actual, dtype=torch.float64)
+    assert predicted.std() > 0 and pearson(predicted, actual) >= 0.95
+    assert (predicted.sum() / actual.sum()).item() == pytest.approx(1.0, abs=0.25)
+    sgd = InfluenceProbe(checkpoint, max_ref_docs=24, mode="exact", lr=1e-6, cache=False)
+    try:
+        assert pearson(sgd.score(texts), predicted) < 0.999  # the preconditioner changes the score
+    finally:
+        sgd.close()
