@@ -32,6 +32,10 @@ def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monke
     labels, p_faithful = Verifier(str(a)).label_units("The bridge opened in 1932. It is 503 metres long.",
                                                       ["The bridge, 503 metres long, opened in 1932."])
     assert labels[0] in LABELS and 0.0 <= p_faithful[0] <= 1.0
+    # a unit longer than max_length (64 tokens here) is trimmed, not an error (it once stopped training)
+    long_unit = "The bridge, which is 503 metres long, opened in 1932 " + "and carries two railway lines " * 20
+    labels, _ = Verifier(str(a)).label_units("The bridge opened in 1932. It is 503 metres long.", [long_unit])
+    assert labels[0] in LABELS
 
     # the cached default verifier is what rewards.faithfulness uses when nothing else is said
     monkeypatch.setenv("SYNPRO_CACHE", str(tmp_path / "cache"))

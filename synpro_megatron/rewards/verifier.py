@@ -60,6 +60,14 @@ class VerifierRecipe:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def encode_pairs(tokenizer, premises: Sequence[str], hypotheses: Sequence[str], max_length: int):
+    """(premise, hypothesis) pairs as the cross-encoder reads them, in training and at the gate alike.
+    "longest_first" trims whichever side is longer: cutting only the premise fails outright (and
+    stopped training) when one hypothesis alone is longer than max_length."""
+    return tokenizer(list(premises), list(hypotheses), truncation="longest_first", max_length=max_length,
+                     padding=True, return_tensors="pt")
+
+
 def _file_digest(path: str) -> str:
     p = Path(path)
     if not p.exists():
@@ -217,8 +225,7 @@ def train_verifier(recipe: Optional[VerifierRecipe] = None, out_dir: Optional[Pa
         order_rng.shuffle(order)
         for b in range(0, len(order), recipe.batch_size):
             batch = [pairs[j] for j in order[b:b + recipe.batch_size]]
-            enc = tok([p.premise for p in batch], [p.hypothesis for p in batch], truncation="only_first",
-                      max_length=recipe.max_length, padding=True, return_tensors="pt")
+            enc = encode_pairs(tok, [p.premise for p in batch], [p.hypothesis for p in batch], recipe.max_length)
             logits = model(**enc).logits
             loss = loss_fn(logits, torch.tensor([label_id[p.label] for p in batch]))
             loss.backward()
@@ -263,8 +270,8 @@ class Verifier:
     def probabilities(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 32):
         out = []
         for b in range(0, len(premises), batch_size):
-            enc = self.tokenizer(list(premises[b:b + batch_size]), list(hypotheses[b:b + batch_size]),
-                                 truncation="only_first", max_length=self.max_length, padding=True, return_tensors="pt")
+            enc = encode_pairs(self.tokenizer, premises[b:b + batch_size], hypotheses[b:b + batch_size],
+                               self.max_length)
             with self.torch.no_grad():
                 out.extend(self.model(**enc).logits.softmax(-1).tolist())
         return out
