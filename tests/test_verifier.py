@@ -1,11 +1,14 @@
 """The trained faithfulness verifier: weakly supervised pairs, deterministic training through
 `synpro train-verifier`, and `rewards.faithfulness` using the cached verifier by default."""
+import json
+
 import pytest
 
 from synpro_megatron.cli import main as synpro_main
 from synpro_megatron.rewards import FaithfulnessConfig, faithfulness
 from synpro_megatron.rewards.verifier import (LABELS, VerifierRecipe, Verifier, build_pairs, default_verifier_dir,
                                               is_held_out, read_corpus)
+from synpro_megatron.rewards import verifier as verifier_mod
 
 TINY = ["--max-docs", "4", "--epochs", "1", "--sentences-per-doc", "1", "--max-length", "64", "--seed", "3"]
 
@@ -42,6 +45,16 @@ def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monke
     default = default_verifier_dir()
     default.parent.mkdir(parents=True)
     a.rename(default)
+    meta = json.loads((default / "synpro_verifier.json").read_text())
+    held = meta["heldout"]  # measured on pairs from held-out documents when it was trained
+    assert held["pairs"] > 0 and 0.0 <= held["balanced_accuracy"] <= 1.0
+    # a verifier that has not learned the task (this 4-document one) does not gate by default
+    if held["balanced_accuracy"] < verifier_mod.MIN_HELDOUT_BALANCED_ACCURACY:
+        plain = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
+                             "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.")
+        assert "verifier_labels" not in plain.details
+    monkeypatch.setattr(verifier_mod, "MIN_HELDOUT_BALANCED_ACCURACY", 0.0)
+    verifier_mod._trusted.cache_clear()
     result = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
                           "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.")
     assert "verifier_labels" in result.details and len(result.details["verifier_labels"]) >= 1

@@ -236,12 +236,13 @@ def train_verifier(recipe: Optional[VerifierRecipe] = None, out_dir: Optional[Pa
             step += 1
             if step % 25 == 0 or step == steps:
                 log(f"verifier: epoch {epoch + 1} step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    heldout = heldout_accuracy(model, tok, recipe, log)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "synpro_verifier.json").write_text(json.dumps(
         {"recipe": dataclasses.asdict(recipe), "digest": recipe.digest(), "labels": LABELS, "pairs": len(pairs),
-         "label_counts": counts, "train_seconds": round(time.time() - t0, 1)}, indent=1))
+         "label_counts": counts, "train_seconds": round(time.time() - t0, 1), "heldout": heldout}, indent=1))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():  # another process built it meanwhile: keep theirs
         import shutil
@@ -251,6 +252,38 @@ def train_verifier(recipe: Optional[VerifierRecipe] = None, out_dir: Optional[Pa
         os.replace(tmp, out_dir)
     log(f"verifier: saved {out_dir} ({time.time() - t0:.0f}s)")
     return out_dir
+
+
+# The default ("auto") gate uses a cached verifier only when it has learned the task: balanced
+# accuracy over the three labels on pairs from held-out documents (chance: 1/3).
+MIN_HELDOUT_BALANCED_ACCURACY = 0.6
+HELDOUT_DOCS = 40
+
+
+def heldout_accuracy(model, tok, recipe: VerifierRecipe, log: Callable[[str], None] = print) -> dict:
+    """Balanced accuracy (mean per-label recall) on pairs built from documents the verifier never
+    trained on (the held-out id bucket), recorded with the model so the gate can tell whether to trust it."""
+    import torch
+
+    # a fifth as many documents as it trained on, at most HELDOUT_DOCS
+    docs = [d for d in read_corpus(recipe.corpus) if is_held_out(d["id"])][:min(HELDOUT_DOCS, max(4, recipe.max_docs // 5))]
+    pairs = build_pairs(docs, recipe.seed + 7, recipe.sentences_per_doc, log=lambda m: None)
+    model.eval()
+    predicted = []
+    with torch.no_grad():
+        for b in range(0, len(pairs), 32):
+            batch = pairs[b:b + 32]
+            enc = encode_pairs(tok, [p.premise for p in batch], [p.hypothesis for p in batch], recipe.max_length)
+            predicted += [LABELS[i] for i in model(**enc).logits.argmax(-1).tolist()]
+    recall = {}
+    for lab in LABELS:
+        idx = [i for i, p in enumerate(pairs) if p.label == lab]
+        recall[lab] = round(sum(predicted[i] == lab for i in idx) / len(idx), 3) if idx else None
+    seen = [r for r in recall.values() if r is not None]
+    balanced = round(sum(seen) / len(seen), 3) if seen else 0.0
+    log(f"verifier: held-out balanced accuracy {balanced} over {len(pairs)} pairs of {len(docs)} documents "
+        f"(per label {recall}; chance 0.333, the gate's floor {MIN_HELDOUT_BALANCED_ACCURACY})")
+    return {"balanced_accuracy": balanced, "recall": recall, "pairs": len(pairs), "documents": len(docs)}
 
 
 class Verifier:
@@ -314,4 +347,20 @@ def load_verifier(path: Optional[str] = None, required: bool = False,
         if not required:
             return None
         train_verifier(out_dir=folder, log=log)
+    if not required and not _trusted(folder, log):
+        return None
     return _load(str(folder))
+
+
+@lru_cache(maxsize=8)
+def _trusted(folder: Path, log: Callable[[str], None] = print) -> bool:
+    """Whether the cached default verifier may gate by default: only one whose recorded held-out
+    balanced accuracy reaches the floor (an untrained-looking model would reject at random)."""
+    meta = folder / "synpro_verifier.json"
+    held = json.loads(meta.read_text()).get("heldout") if meta.exists() else None
+    score = (held or {}).get("balanced_accuracy")
+    if score is None or score < MIN_HELDOUT_BALANCED_ACCURACY:
+        log(f"verifier: {folder} not used by default: held-out balanced accuracy {score} is below "
+            f"{MIN_HELDOUT_BALANCED_ACCURACY} (pass --verifier {folder} to use it anyway)")
+        return False
+    return True
