@@ -24,7 +24,6 @@ SFT'd Qwen3-1.7B whose data and weights were never released. Ours is reproducibl
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
@@ -97,18 +96,10 @@ def is_held_out(doc_id: str) -> bool:
 
 
 def read_corpus(path: str) -> list[dict]:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    docs = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                docs.append({"id": str(rec.get("id", lineno)), "text": rec["text"]})
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
-    return docs
+    """{id, text} of every document of a JSONL(.gz/.zst) corpus (the reader `synpro prepare` uses)."""
+    from synpro_megatron.data.prepare import read_corpus as read_records
+
+    return [{"id": r.doc_id, "text": r.text} for r in read_records(str(path))]
 
 
 # ------------------------------------------------------------------------------------ pairs
