@@ -2,13 +2,19 @@
 
 prepare -> pretrain to a plateau -> probe -> one GRPO step per kind -> synthesis -> extended blend
 -> resumed pretraining, with no fake runner (CliRunner starts every `synpro` command as a child
-process). The second test SIGKILLs the whole loop (controller and stage) inside synthesis and
-reruns it to the same final state.
+process). The second test reruns the loop from a crash image taken inside synthesis and must reach
+the same final state.
+
+The crash image: while the uninterrupted run is inside `synthesize:rephrase` with part of its journal
+written, its whole process group (controller and stage) is frozen with SIGSTOP, the run directory and
+log are copied, and the run continues. On disk that copy is exactly what SIGKILL at that instant
+leaves behind, and it saves rerunning everything before synthesis (half of this file's time).
 """
 import gzip
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +31,7 @@ pytestmark = pytest.mark.slow
 KINDS = ("rephrase", "reformat")
 GLOBAL_BATCH, SEQ = 4, 64
 PLATEAU_STEP = 4  # the first plateau check (see config): the round is blended in from sample 16
+SYNTH_LIMIT = 6  # documents each synthesis stage rewrites
 
 
 def _short(text: str, limit: int = 320) -> str:
@@ -60,7 +67,7 @@ def loop_config(corpus: str) -> dict:
             "kinds": list(KINDS),
             "train_args": ["--steps", "1", "--num-prompts", "2", "--num-generations", "4", "--max-source-tokens", "48",
                            "--max-completion-length", "24"],
-            "synth_args": ["--limit", "6", "--batch-size", "2", "--max-new-tokens", "112", "--max-source-tokens",
+            "synth_args": ["--limit", str(SYNTH_LIMIT), "--batch-size", "2", "--max-new-tokens", "112", "--max-source-tokens",
                            "96", "--temperature", "0.5", "--candidates", "2", "--repetition-penalty", "1.0",
                            "--few-shot"],
         },
@@ -95,10 +102,24 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(setup):
-    """One uninterrupted `synpro run`."""
+    """One uninterrupted `synpro run`, and a crash image of it taken inside synthesis (tmp/crash)."""
     tmp, cfg_path = setup
     run_dir, log = str(tmp / "run"), str(tmp / "run.log")
-    finish(synpro_run(cfg_path, run_dir, log), log)
+    proc = synpro_run(cfg_path, run_dir, log)
+    journal = os.path.join(RunDir(run_dir).synthesis_work_dir(1, "rephrase"), "journal.rank0.jsonl")
+    deadline = time.time() + 1500
+    while proc.poll() is None and time.time() < deadline:
+        if os.path.exists(journal) and os.path.getsize(journal) > 0:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the loop ended before synthesis could be imaged"
+    os.killpg(proc.pid, signal.SIGSTOP)  # controller and synthesis frozen: the files are a crash image
+    try:
+        shutil.copytree(run_dir, str(tmp / "crash" / "run"), symlinks=True)
+        shutil.copyfile(log, str(tmp / "crash" / "run.log"))
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    finish(proc, log)
     return RunDir(run_dir), log
 
 
@@ -169,28 +190,26 @@ def test_real_loop_end_to_end(reference):
     assert read_json(os.path.join(run.checkpoint(8), "synpro_state.json"))["consumed_samples"] == total
 
 
-def test_sigkill_inside_a_stage_then_rerun_reaches_the_same_state(setup, reference):
+def test_rerun_from_a_crash_inside_a_stage_reaches_the_same_state(setup, reference):
     tmp, cfg_path = setup
-    run, log = RunDir(str(tmp / "killed")), str(tmp / "killed.log")
-    proc = synpro_run(cfg_path, run.root, log)
+    ref_run, _ = reference
+    expected = final_state(ref_run)
+    # the rerun must happen where the run lived (its files name their own paths): move the finished
+    # run aside and put the crash image in its place
+    os.rename(ref_run.root, ref_run.root + ".uninterrupted")
+    shutil.copytree(str(tmp / "crash" / "run"), ref_run.root, symlinks=True)
+    run, log = RunDir(ref_run.root), str(tmp / "killed.log")
+    shutil.copyfile(str(tmp / "crash" / "run.log"), log)
     journal = os.path.join(run.synthesis_work_dir(1, "rephrase"), "journal.rank0.jsonl")
-    deadline = time.time() + 1500
-    while proc.poll() is None and time.time() < deadline:
-        if os.path.exists(journal) and os.path.getsize(journal) > 0:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the loop ended before synthesis could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the controller and the synthesis process, no clean-up
-    proc.wait()
     assert read_json(run.state)["stage"] == "synthesize:rephrase"
     done_before = {r["source_id"] for r in read_jsonl(journal)}
     assert done_before
 
     finish(synpro_run(cfg_path, run.root, log), log)
-    assert final_state(run) == final_state(reference[0])
-    # the rerun resumed the journal: every document once, the ones done before the kill not redone
+    assert final_state(run) == expected
+    # the rerun resumed the journal: every document once, the ones done before the crash not redone
     records = read_jsonl(journal)
-    assert len({r["source_id"] for r in records}) == len(records) == 6
+    assert len({r["source_id"] for r in records}) == len(records) == SYNTH_LIMIT
     with open(log, errors="replace") as f:
         stages = re.findall(r"\[synpro loop\] stage (\S+)", f.read())
     assert stages.count("synthesize:rephrase") == 2 and stages.count("probe") == 1
