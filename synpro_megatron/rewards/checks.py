@@ -524,8 +524,7 @@ def check_numbers(src: Analysis, out: Analysis) -> list[Finding]:
         displaced = _displaced_value(src, out, q, len(same))
         if displaced is not None:
             findings.append(Finding("number", f"'{q.text}' stands where the source sentence gives "
-                                              f"'{displaced.text}' ({q.value} is given "
-                                              f"{len(same)}x in the source, more often here)"))
+                                              f"'{displaced.text}'"))
     return findings
 
 
@@ -535,8 +534,9 @@ def _is_year(value: str) -> bool:
 
 def _displaced_value(src: Analysis, out: Analysis, q: Quantity, source_count: int) -> Optional[Quantity]:
     """A source number copied over another: the output gives q's value more often than the source (or
-    in a sentence whose source sentences do not give it), and a number of the same kind (unit or currency, year or not) of the source sentence q's sentence
-    rewrites is gone from the output ("47% more" -> "37% more" where 37% is another fact's)."""
+    in a sentence whose source sentences do not give it), and a number of the same kind (unit or
+    currency, year or not) of the source sentence q's sentence rewrites is gone from the output
+    ("47% more" -> "37% more" where 37% is another fact's)."""
     if q.sentence < 0:
         return None
     matches, best = matching_sentences(src, out, q.sentence)
