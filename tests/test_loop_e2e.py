@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 KINDS = ("rephrase", "reformat")
 GLOBAL_BATCH, SEQ = 4, 64
 PLATEAU_STEP = 4  # the first plateau check (see config): the round is blended in from sample 16
-SYNTH_LIMIT = 6  # documents each synthesis stage rewrites
+SYNTH_LIMIT = 4  # documents each synthesis stage rewrites
 
 
 def _short(text: str, limit: int = 320) -> str:
@@ -67,6 +67,7 @@ def loop_config(corpus: str) -> dict:
             "kinds": list(KINDS),
             "train_args": ["--steps", "1", "--num-prompts", "2", "--num-generations", "4", "--max-source-tokens", "48",
                            "--max-completion-length", "24"],
+            # generation is most of this file's time: few documents
             "synth_args": ["--limit", str(SYNTH_LIMIT), "--batch-size", "2", "--max-new-tokens", "112", "--max-source-tokens",
                            "96", "--temperature", "0.5", "--candidates", "2", "--repetition-penalty", "1.0",
                            "--few-shot"],
