@@ -311,7 +311,7 @@ def _analyse_doc(text: str, doc) -> Analysis:
         content.append({_lemma(t) for t in s if _is_content(t) and t.i not in ent_token and not t.like_num
                         and _lemma(t) not in _MONTHS})
         nouns.append({_lemma(t) for t in s if t.pos_ in _NOUNISH and t.is_alpha})
-        negations.append(sum(1 for t in s if t.dep_ == "neg" or t.lower_ in _NEGATIONS))
+        negations.append(sum(1 for t in s if _is_negation(t)))
         negative.append(any(_negates_clause(t) for t in s))
         quantifiers.append({_QUANTIFIER_GROUPS[t.lower_] for t in s if t.lower_ in _QUANTIFIER_GROUPS})
 
