@@ -194,7 +194,7 @@ def _digest(path):
 
 
 # run-specific, not state: wall times, throughput, creation stamps
-VOLATILE = TIMING_FIELDS | {"created", "generated_tokens_per_s", "generation_seconds", "seconds", "reference_seconds"}
+VOLATILE = TIMING_FIELDS | {"created", "generated_tokens_per_s", "generation_seconds", "timeline", "seconds", "reference_seconds"}
 
 
 def _normalised(value, run_dir):

@@ -8,19 +8,28 @@ stays atomic against process crashes, not against power loss): for tests and scr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterable, List
+from typing import Any, Callable, Iterable, Iterator, List, Tuple
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def fsync_enabled() -> bool:
+    return os.environ.get("SYNPRO_FSYNC", "1") != "0"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
+    """A file object for `path` that is written under a temporary name in the same folder and,
+    when the block ends without an error, fsync'ed and renamed over `path` (removed otherwise).
+    For outputs too large to build in memory first (a round's provenance)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             if fsync_enabled():
                 os.fsync(f.fileno())
@@ -31,8 +40,16 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def fsync_enabled() -> bool:
-    return os.environ.get("SYNPRO_FSYNC", "1") != "0"
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_jsonl_writer(path: str, sort_keys: bool = True) -> Iterator[Callable[[dict], None]]:
+    """`write(record)` one line at a time; the file appears whole at the end (see atomic_open)."""
+    with atomic_open(path) as f:
+        yield lambda record: f.write(json.dumps(record, sort_keys=sort_keys, ensure_ascii=False) + "\n")
 
 
 def jsonl_text(records: Iterable[dict], sort_keys: bool = True) -> str:
@@ -81,32 +98,46 @@ def read_json(path: str) -> Any:
             raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def read_jsonl(path: str, tolerate_torn_tail: bool = True) -> List[dict]:
-    """Records of a JSONL file. A missing file is empty.
+def iter_jsonl(path: str, tolerate_torn_tail: bool = True) -> Iterator[Tuple[int, dict]]:
+    """(byte offset, record) of each line of a JSONL file, streamed (a missing file is empty).
 
     The last line may be torn when its writer was killed mid-write (a trainer preempted while
     appending metrics); that line alone is skipped. A bad line anywhere else is an error naming
     the file and line, because it means the file is not what we think it is.
     """
     if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    out = []
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and i == last:
-                break
-            raise ValueError(f"{path}:{i + 1}: malformed JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(rec).__name__}")
-        out.append(rec)
-    return out
+        return
+    torn = None  # a malformed line: fatal once another non-blank line follows it
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            if torn is not None:
+                raise torn
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                torn = ValueError(f"{path}:{lineno}: malformed JSON ({getattr(e, 'msg', e)})")
+                continue
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield start, rec
+    if torn is not None and not tolerate_torn_tail:
+        raise torn
+
+
+def read_jsonl_at(path: str, offset: int) -> dict:
+    """The record of the line that starts at `offset` (as iter_jsonl reported it)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return json.loads(f.readline())
+
+
+def read_jsonl(path: str, tolerate_torn_tail: bool = True) -> List[dict]:
+    """Records of a JSONL file (see iter_jsonl)."""
+    return [rec for _, rec in iter_jsonl(path, tolerate_torn_tail)]
 
 
 def dir_has_files(path: str) -> bool:

@@ -4,6 +4,8 @@ HFBackend generation."""
 import hashlib
 import json
 import os
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,8 @@ from synpro_megatron.generators.prompts import (EXAMPLE_SOURCE, PREFILLS, REFORM
                                                 source_of)
 from synpro_megatron.generators.smollm2 import smollm2_path
 from synpro_megatron.synthesis.config import SynthesisConfig
-from synpro_megatron.synthesis.job import run_synthesis, trained_with_few_shot, work_dir
-from synpro_megatron.synthesis.journal import read_journal
+from synpro_megatron.synthesis.job import finalize, run_synthesis, trained_with_few_shot, work_dir
+from synpro_megatron.synthesis.journal import append_journal, journal_path, read_journal
 from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE, SourceDoc, load_sources, select_documents
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, split_sentences
 
@@ -65,6 +67,21 @@ class CrashingBackend:
         if self.left == 0:
             raise BackendCrash("simulated crash in the middle of a batch")
         self.left -= 1
+        return self.inner.generate(prompts, **kw)
+
+
+class SlowBackend:
+    """Wraps a backend so that each generate call takes `seconds` of wall time without holding the
+    GIL, as a call into a GPU engine does."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, prompts, **kw):
+        time.sleep(self.seconds)
         return self.inner.generate(prompts, **kw)
 
 
@@ -402,3 +419,92 @@ def test_round_is_tokenized_like_the_runs_organic_pool(tmp_path):
     assert docs and all(int(t) < tok.vocab_size for d in docs for t in d)
     journal = [r for r in read_journal(work_dir(_config(run.root)) / "journal.rank0.jsonl") if r["kept"]]
     assert [tok.detokenize([int(t) for t in d[:-1]]) for d in docs] == [r["text"] for r in journal]
+
+
+TIMING = ("generation_seconds", "generated_tokens", "timeline")
+
+
+def _batch_timelines(run_dir):
+    records = read_journal(work_dir(_config(run_dir)) / "journal.rank0.jsonl")
+    return {r["batch"]: r["timeline"] for r in records if "timeline" in r}, \
+        [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_scoring_of_a_batch_overlaps_the_next_generation_and_changes_no_record(tmp_path):
+    """The job scores batch b (gate, quality, journal) on a second thread while batch b+1
+    generates: the journal shows each batch's scoring starting before the next generation ends,
+    where the sequential job (--no-overlap) scores each batch after its generation and before the
+    next. The records and the dataset are the same either way."""
+    seq = run_synthesis(_config(tmp_path / "seq", overlap_scoring=False),
+                        backend=SlowBackend(FakeReformatBackend(), 0.5))
+    ovl = run_synthesis(_config(tmp_path / "ovl"), backend=SlowBackend(FakeReformatBackend(), 0.5))
+    seq_times, seq_records = _batch_timelines(tmp_path / "seq")
+    ovl_times, ovl_records = _batch_timelines(tmp_path / "ovl")
+    assert ovl_records == seq_records and ovl["bin_sha256"] == seq["bin_sha256"]
+    assert sorted(ovl_times) == sorted(seq_times) == [0, 1, 2, 3]
+    for b in range(3):
+        assert ovl_times[b]["score"][0] < ovl_times[b + 1]["generate"][1], ovl_times
+        assert seq_times[b]["score"][1] <= seq_times[b + 1]["generate"][0], seq_times
+        for times in (ovl_times, seq_times):  # a batch is scored only after it is generated
+            assert times[b]["score"][0] >= times[b]["generate"][1]
+
+
+def test_finalize_with_a_pool_of_tokenizers_writes_the_same_bytes(tmp_path):
+    run_synthesis(_config(tmp_path, finalize_workers=1), backend=FakeReformatBackend())
+    out = tmp_path / "synthetic" / "round_1"
+    names = ("reformat.bin", "reformat.idx", "reformat.provenance.jsonl", "reformat.dropped.jsonl")
+    one = {n: (out / n).read_bytes() for n in names}
+    for n in names:
+        (out / n).unlink()
+    again = FakeReformatBackend()
+    run_synthesis(_config(tmp_path, finalize_workers=2), backend=again)  # everything journaled: finalize only
+    assert again.prompts_seen == 0
+    assert {n: (out / n).read_bytes() for n in names} == one
+
+
+def _journaled_round(run_dir, n_docs, texts):
+    """A rephrase round of n_docs journaled over two ranks (every 7th dropped), as run_synthesis
+    leaves it before finalize; returns the config, the selection and the bytes of text."""
+    cfg = _config(run_dir, kind="rephrase")
+    wdir = work_dir(cfg)
+    wdir.mkdir(parents=True)
+    selected, total_bytes = [], 0
+    for i in range(n_docs):
+        text = texts[i % len(texts)][:3000]
+        selected.append(SourceDoc(i, f"doc-{i}", ""))
+        total_bytes += len(text.encode()) if i % 7 else 0
+        append_journal(journal_path(wdir, i % 2), [{
+            "source_index": i, "source_id": f"doc-{i}", "batch": i // 16, "kept": i % 7 != 0, "text": text,
+            "faithfulness": 1.0, "quality": 0.5, "format": 1.0, "pieces": 1, "reasons": [] if i % 7 else ["x"]}])
+    return cfg, selected, total_bytes
+
+
+def _finalize_peak_bytes(cfg, selected) -> tuple[dict, int]:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401 - imports and the
+    from synpro_megatron.data.tokenizer import load_tokenizer                 # (cached) tokenizer are not
+    load_tokenizer(None)                                                       # the round's memory
+    tracemalloc.start()
+    try:
+        entry = finalize(cfg, selected, {})
+        return entry, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_finalize_streams_the_round_instead_of_holding_it(tmp_path):
+    """Rank 0 builds the dataset from journals that may be larger than its memory: the Python heap
+    of finalize does not grow with the round (the old finalize held every record and every token
+    list: 3x the round, 3x the peak); what it holds is one chunk of documents being tokenized."""
+    texts = [d.text for d in load_sources(str(PACKAGED_SAMPLE)) if len(d.text) > 1500]
+    small = _journaled_round(tmp_path / "small", 500, texts)
+    cfg, selected, total_bytes = _journaled_round(tmp_path / "large", 1500, texts)
+    _, small_peak = _finalize_peak_bytes(*small[:2])
+    entry, peak = _finalize_peak_bytes(cfg, selected)
+    assert peak < 1.4 * small_peak, (small_peak, peak, total_bytes)
+    assert entry["documents"] == sum(i % 7 != 0 for i in range(1500)) and entry["dropped"] == 215
+    docs = _idx_docs(tmp_path / "large" / "synthetic" / "round_1" / "rephrase")
+    tok = load_generator_tokenizer(str(smollm2_path(with_weights=False)))
+    assert tok.decode(docs[0][:-1].tolist()) == texts[1][:3000]  # doc-0 was dropped; doc-1 comes first
+    prov = _read_jsonl(tmp_path / "large" / "synthetic" / "round_1" / "rephrase.provenance.jsonl")
+    assert [p["source_id"] for p in prov] == [f"doc-{i}" for i in range(1500) if i % 7]
+    assert [p["tokens"] for p in prov] == [len(d) for d in docs]

@@ -16,7 +16,6 @@ import hashlib
 import zlib
 import io
 import json
-import multiprocessing as mp
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -199,21 +198,6 @@ def is_held_out(doc_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "little") / 2**64 < fraction
 
 
-_worker_tokenizer = None
-
-
-def _init_worker(tokenizer_name):
-    global _worker_tokenizer
-    from synpro_megatron.data.tokenizer import load_tokenizer
-
-    _worker_tokenizer = load_tokenizer(tokenizer_name)
-
-
-def _tokenize_chunk(texts: List[str]) -> List[List[int]]:
-    tok = _worker_tokenizer
-    return [ids + [tok.eod] for ids in tok.tokenize_batch(texts)]
-
-
 def _chunks(records: Iterator[Record], size: int) -> Iterator[List[Record]]:
     chunk = []
     for r in records:
@@ -233,7 +217,7 @@ def _write_json_atomic(path: str, obj) -> None:
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    from synpro_megatron.data.tokenizer import load_tokenizer
+    from synpro_megatron.data.tokenizer import document_tokenizer, load_tokenizer
 
     if not 0 <= cfg.held_out < 1:
         raise ValueError(f"--held-out must be in [0, 1), got {cfg.held_out}")
@@ -254,15 +238,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     train_ids: List[str] = []
     heldout_ids: List[str] = []
     seen = set()
-    pool = None
-    if cfg.workers > 1:
-        pool = mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer,))
-        tokenize = lambda chunks: pool.imap(_tokenize_chunk, chunks)  # noqa: E731 - keeps order
-    else:
-        _init_worker(cfg.tokenizer)
-        tokenize = lambda chunks: map(_tokenize_chunk, chunks)  # noqa: E731
     try:
-        with AtomicIndexedDatasetWriter(tmp, tok.vocab_size) as train_w, \
+        with document_tokenizer(cfg.tokenizer, cfg.workers) as tokenize, \
+                AtomicIndexedDatasetWriter(tmp, tok.vocab_size) as train_w, \
                 AtomicIndexedDatasetWriter(tmp + "_heldout", tok.vocab_size) as held_w, \
                 progress(desc=f"prepare {os.path.basename(cfg.input)}", unit="doc", every_n=10000) as bar:
             record_chunks = []
@@ -294,9 +272,6 @@ def prepare(cfg: PrepareConfig) -> dict:
     except BaseException:
         _remove_prefix_files(tmp)
         raise
-    finally:
-        if pool is not None:
-            pool.terminate()
     _write_json_atomic(tmp + ".docids.json", train_ids)
     _write_json_atomic(tmp + "_heldout.docids.json", heldout_ids)
     meta = {

@@ -6,10 +6,12 @@ one the offline generator uses, so synthetic and organic text share one vocabula
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from functools import lru_cache
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 DEFAULT_TOKENIZER = "smollm2"
 # End-of-document token for pretraining; SmolLM2's chat EOS (<|im_end|>) is a different token.
@@ -70,3 +72,47 @@ def load_tokenizer(name_or_path: Optional[str] = None) -> SynProTokenizer:
         where = "folder" if local else "name (no model hub here: give a local folder)"
         raise ValueError(f"cannot load tokenizer from {where} {path!r}: {e}") from e
     return SynProTokenizer(hf, name=name_or_path or DEFAULT_TOKENIZER)
+
+
+# ----------------------------------------------------------------- tokenizing many documents
+
+_worker_tokenizer: Optional[SynProTokenizer] = None
+
+
+def _init_worker(tokenizer_name: Optional[str]) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tokenizer_name)
+
+
+def _tokenize_documents(texts: List[str]) -> List[List[int]]:
+    tok = _worker_tokenizer
+    return [ids + [tok.eod] for ids in tok.tokenize_batch(texts)]
+
+
+def _ordered_ahead(pool, chunks: Iterator[List[str]], ahead: int) -> Iterator[List[List[int]]]:
+    # Pool.imap would read the whole input into its task queue; this keeps `ahead` chunks in
+    # flight, so memory stays bounded however large the corpus or round is.
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_tokenize_documents, (chunk,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+@contextlib.contextmanager
+def document_tokenizer(tokenizer_name: Optional[str], workers: int = 1):
+    """`tokenize(chunks)`: for each chunk (a list of texts) the token ids of each text with EOD
+    appended, chunk by chunk and in order. With workers > 1 a pool of forked processes tokenizes a
+    few chunks ahead of the caller, who writes the previous ones meanwhile (`synpro prepare`, the
+    synthesis finalize)."""
+    if workers <= 1:
+        _init_worker(tokenizer_name)
+        yield lambda chunks: map(_tokenize_documents, chunks)
+        return
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tokenizer_name,))
+    try:
+        yield lambda chunks: _ordered_ahead(pool, chunks, ahead=2 * workers)
+    finally:
+        pool.terminate()

@@ -56,6 +56,12 @@ def register_cli(sub) -> None:
     s.add_argument("--shard", default=None, metavar="R/N",
                    help="this process is shard R of N (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT): "
                         "same as --rank R --world-size N; shard 0 merges the others' journals once all are done")
+    s.add_argument("--no-overlap", dest="overlap_scoring", action="store_false",
+                   help="score each batch (gate, quality, journal) before generating the next one (default: "
+                        "the next batch generates while a second thread scores this one; same records)")
+    s.add_argument("--finalize-workers", type=int, default=None,
+                   help="processes tokenizing the round into the dataset on rank 0 (default: one per CPU, at "
+                        "most 8, for rounds of 4096+ kept documents, else 1; the bytes are the same)")
     s.add_argument("--restart", action="store_true",
                    help="start this round/kind over; its journal and outputs are moved aside (same as --overwrite)")
     s.add_argument("--overwrite", action="store_true",
@@ -107,7 +113,8 @@ def _synth_cli(args) -> int:
         repetition_penalty=args.repetition_penalty,
         candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
-        rank=args.rank, world_size=args.world_size)
+        rank=args.rank, world_size=args.world_size, overlap_scoring=args.overlap_scoring,
+        finalize_workers=args.finalize_workers)
     cfg.faithfulness = reward_configs(args)[0]
     try:
         # never delete an earlier round: move it aside (once, by rank 0, when the job is sharded)

@@ -42,5 +42,11 @@ class SynthesisConfig:
     rank: Optional[int] = None
     world_size: Optional[int] = None
     restart: bool = False
+    # score batch b (gate, quality, journal) on a second thread while batch b+1 generates: the
+    # engine never waits for the CPU-side models. Off: one after the other (same records either way)
+    overlap_scoring: bool = True
+    # processes tokenizing the round when rank 0 builds the dataset; None: one per CPU (at most 8)
+    # for a round of thousands of documents, one for a small round (a pool costs more than it saves)
+    finalize_workers: Optional[int] = None
     wait_timeout_s: float = 6 * 3600.0
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)

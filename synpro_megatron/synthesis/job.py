@@ -7,9 +7,10 @@ Outputs (see synpro_megatron.rundir for the paths):
   synthetic/manifest.json                   per round/kind: counts, tokens, sha256 of the .bin, settings
 
 The work is cut into fixed batches of source documents (batch b belongs to rank b % world); each
-finished batch goes to the rank's journal (journal.py). The dataset is built from the journals
-only at the end (by rank 0, once every rank has left its done marker), under temporary names,
-then renamed; the manifest is updated last.
+finished batch goes to the rank's journal (journal.py). While batch b is scored (gate, quality,
+journal) on a second thread, batch b+1 is generating. The dataset is built from the journals only
+at the end (by rank 0, once every rank has left its done marker), streamed record by record with
+a pool of tokenizing processes, under temporary names, then renamed; the manifest is updated last.
 
 Data parallel: one process per GPU, each with its own engine; rank and world are given
 explicitly (the loop does) or come from RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS.
@@ -24,15 +25,16 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-from synpro_megatron.fsutil import atomic_write_json, atomic_write_jsonl
+from synpro_megatron.fsutil import atomic_jsonl_writer, atomic_write_json, read_jsonl_at
 from synpro_megatron.generators.prompts import check_kind
 from synpro_megatron.rundir import RunDir
 from synpro_megatron.synthesis.config import SynthesisConfig
-from synpro_megatron.synthesis.journal import append_journal, done_ids, journal_files, journal_path, read_journal
-from synpro_megatron.synthesis.rewrite import rewrite_batch
+from synpro_megatron.synthesis.journal import append_journal, done_ids, iter_journal, journal_files, journal_path, repair_journal
+from synpro_megatron.synthesis.rewrite import generate_batch, score_batch
 from synpro_megatron.synthesis.sources import SourceDoc, load_losses, load_pool, organic_pool, select_documents
 
 
@@ -173,7 +175,7 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
     batches = [selected[i:i + cfg.batch_size] for i in range(0, len(selected), cfg.batch_size)]
     mine = [(b, docs) for b, docs in enumerate(batches) if b % world == rank]
     journal = journal_path(wdir, rank)
-    read_journal(journal, repair=True)
+    repair_journal(journal)
     done = done_ids(wdir)
     pending = [(b, [d for d in docs if d.doc_id not in done]) for b, docs in mine]
     pending = [(b, docs) for b, docs in pending if docs]
@@ -190,25 +192,30 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
         total_docs = sum(len(d) for _, d in mine)
         bar = progress(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
                        desc=f"synthesize {cfg.kind} r{cfg.round} rank {rank}", file=sys.stderr, disable=None)
-        kept_total = 0
+        totals = {"written": 0, "kept": 0}
+
+        def journaled(records: list[dict]) -> None:
+            totals["written"] += len(records)
+            totals["kept"] += sum(r["kept"] for r in records)
+            bar.update(len(records))
+            if writer is not None:
+                step = bar.n
+                writer.add_scalar("synthesis/kept_fraction", totals["kept"] / max(1, totals["written"]), step)
+                secs = records[0].get("generation_seconds") or 0
+                if secs:
+                    writer.add_scalar("synthesis/generated_tokens_per_s",
+                                      records[0].get("generated_tokens", 0) / secs, step)
+                span = records[0].get("timeline", {}).get("score")
+                if span:
+                    writer.add_scalar("synthesis/scoring_seconds", span[1] - span[0], step)
+
         try:
-            for b, docs in pending:
-                records = rewrite_batch(backend, docs, cfg, b)
-                append_journal(journal, records)
-                written += len(records)
-                kept_total += sum(r["kept"] for r in records)
-                bar.update(len(records))
-                if writer is not None:
-                    step = bar.n
-                    writer.add_scalar("synthesis/kept_fraction", kept_total / max(1, written), step)
-                    secs = records[0].get("generation_seconds") or 0
-                    if secs:
-                        writer.add_scalar("synthesis/generated_tokens_per_s",
-                                          records[0].get("generated_tokens", 0) / secs, step)
+            _generate_and_score(backend, pending, cfg, journal, journaled)
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
+        written = totals["written"]
 
     my_ids = [d.doc_id for _, docs in mine for d in docs]
     atomic_write_json(str(wdir / f"done.rank{rank}.json"), {"rank": rank, "world": world, "documents": len(my_ids)})
@@ -217,6 +224,36 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
         return summary
     _wait_for_ranks(wdir, world, cfg.wait_timeout_s)
     return finalize(cfg, selected, fingerprint)
+
+
+def _generate_and_score(backend, pending: list, cfg: SynthesisConfig, journal: Path,
+                        journaled: Callable[[list[dict]], None]) -> None:
+    """Every pending batch through the generator, then the scorer, then the journal, in order.
+
+    With cfg.overlap_scoring one scoring thread runs batch b's gate, quality and journal append
+    while this thread generates batch b+1: on a GPU the engine no longer idles while the CPU-side
+    models (MiniLM, spaCy) score, and on CPU the two halves use different cores. Scoring is
+    deterministic, so the records are the same either way; a crash loses at most the batches not
+    yet journaled, as before.
+    """
+    def score_and_journal(generated) -> list[dict]:
+        records = score_batch(generated, cfg)
+        append_journal(journal, records)
+        return records
+
+    if not cfg.overlap_scoring:
+        for b, docs in pending:
+            journaled(score_and_journal(generate_batch(backend, docs, cfg, b)))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synpro-score") as scorer:
+        in_flight = None
+        for b, docs in pending:
+            generated = generate_batch(backend, docs, cfg, b)
+            if in_flight is not None:
+                journaled(in_flight.result())  # at most one batch waits to be scored
+            in_flight = scorer.submit(score_and_journal, generated)
+        if in_flight is not None:
+            journaled(in_flight.result())
 
 
 def _wait_for_ranks(wdir: Path, world: int, timeout_s: float) -> None:
@@ -246,54 +283,100 @@ def pretraining_tokenizer(cfg: SynthesisConfig) -> Optional[str]:
         raise ValueError(f"{meta}: invalid JSON ({e})") from None
 
 
-def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict) -> dict:
-    """Build KIND.{bin,idx}, provenance and the manifest entry from the journals."""
-    from synpro_megatron.data.indexed import write_indexed_dataset
-    from synpro_megatron.data.tokenizer import load_tokenizer
-
-    wdir = work_dir(cfg)
-    by_id: dict[str, dict] = {}
+def _journal_index(wdir: Path) -> tuple[dict[str, tuple[Path, int, bool]], int]:
+    """source id -> (journal, byte offset of its record, kept), reading each journal once and
+    holding no text; plus how many duplicate records were seen (never let into the data)."""
+    index: dict[str, tuple[Path, int, bool]] = {}
     duplicates = 0
     for path in journal_files(wdir):
-        for rec in read_journal(path):
-            if rec["source_id"] in by_id:
-                duplicates += 1  # cannot happen with the skip logic; never let it into the data
+        for offset, rec in iter_journal(path):
+            if rec["source_id"] in index:
+                duplicates += 1  # cannot happen with the skip logic
                 continue
-            by_id[rec["source_id"]] = rec
+            index[rec["source_id"]] = (path, offset, bool(rec["kept"]))
+    return index, duplicates
+
+
+def _finalize_workers(cfg: SynthesisConfig, kept: int) -> int:
+    if cfg.finalize_workers is not None:
+        return max(1, cfg.finalize_workers)
+    return min(8, os.cpu_count() or 1) if kept >= 4096 else 1
+
+
+def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict) -> dict:
+    """Build KIND.{bin,idx}, provenance, dropped and the manifest entry from the journals.
+
+    Streamed: the journals are indexed (id -> offset), then read back record by record in the
+    selection's order while a pool of processes tokenizes the kept texts a few chunks ahead and
+    this process appends them to the IndexedDataset and the provenance; memory holds the index,
+    not the round. The bytes are the same for any number of workers."""
+    from synpro_megatron.data.indexed import AtomicIndexedDatasetWriter
+    from synpro_megatron.data.tokenizer import document_tokenizer, load_tokenizer
+
+    wdir = work_dir(cfg)
+    index, duplicates = _journal_index(wdir)
     expected = [d.doc_id for d in selected]
-    missing = [i for i in expected if i not in by_id]
+    missing = [i for i in expected if i not in index]
     if missing:
         raise RuntimeError(f"{len(missing)} source documents have no journaled rewrite (first: {missing[0]!r}); "
                            "rerun synthesize to finish them")
-    stray = set(by_id) - set(expected)
+    stray = set(index) - set(expected)
     if stray:
         raise RuntimeError(f"journal in {wdir} has {len(stray)} documents outside this job's selection")
 
-    ordered = [by_id[i] for i in expected]
-    kept = [r for r in ordered if r["kept"]]
-    tok = load_tokenizer(cfg.tokenizer or pretraining_tokenizer(cfg))
-    token_lists = [tok.tokenize(r["text"]) + [tok.eod] for r in kept]
+    tokenizer_name = cfg.tokenizer or pretraining_tokenizer(cfg)
+    tok = load_tokenizer(tokenizer_name)
     run = RunDir(cfg.run_dir)
     prefix = run.synthetic_prefix(cfg.round, cfg.kind)
-    write_indexed_dataset(prefix, token_lists, tok.vocab_size)
+    n_kept = sum(index[i][2] for i in expected)
+    stats = {"generation_seconds": 0.0, "generated_tokens": 0, "tokens": 0}
 
-    prov = [{"synthetic_index": j, "source_id": r["source_id"], "source_index": r["source_index"],
-             "tokens": len(t), "faithfulness": r["faithfulness"], "quality": r["quality"],
-             "format": r["format"], "pieces": r["pieces"]} for j, (r, t) in enumerate(zip(kept, token_lists))]
-    atomic_write_jsonl(run.provenance(cfg.round, cfg.kind), prov, sort_keys=False)
-    dropped = [{"source_id": r["source_id"], "source_index": r["source_index"], "reasons": r["reasons"]}
-               for r in ordered if not r["kept"]]
-    atomic_write_jsonl(run.dropped(cfg.round, cfg.kind), dropped, sort_keys=False)
+    def records() -> Iterator[dict]:
+        for doc_id in expected:
+            path, offset, _ = index[doc_id]
+            rec = read_jsonl_at(str(path), offset)
+            stats["generation_seconds"] += rec.get("generation_seconds", 0)
+            stats["generated_tokens"] += rec.get("generated_tokens", 0)
+            yield rec
+
+    def kept_chunks(write_dropped, chunks_of_kept: list) -> Iterator[list[str]]:
+        chunk: list[dict] = []
+        for rec in records():
+            if not rec["kept"]:
+                write_dropped({"source_id": rec["source_id"], "source_index": rec["source_index"],
+                               "reasons": rec["reasons"]})
+                continue
+            chunk.append(rec)
+            if len(chunk) == 64:
+                chunks_of_kept.append(chunk)
+                yield [r["text"] for r in chunk]
+                chunk = []
+        if chunk:
+            chunks_of_kept.append(chunk)
+            yield [r["text"] for r in chunk]
+
+    with document_tokenizer(tokenizer_name, _finalize_workers(cfg, n_kept)) as tokenize, \
+            AtomicIndexedDatasetWriter(prefix, tok.vocab_size) as data, \
+            atomic_jsonl_writer(run.provenance(cfg.round, cfg.kind), sort_keys=False) as write_provenance, \
+            atomic_jsonl_writer(run.dropped(cfg.round, cfg.kind), sort_keys=False) as write_dropped:
+        pending_chunks: list = []  # the records of the chunks handed to the tokenizer, in order
+        for token_lists in tokenize(kept_chunks(write_dropped, pending_chunks)):
+            for r, ids in zip(pending_chunks.pop(0), token_lists):
+                write_provenance({"synthetic_index": data.num_docs, "source_id": r["source_id"],
+                                  "source_index": r["source_index"], "tokens": len(ids),
+                                  "faithfulness": r["faithfulness"], "quality": r["quality"],
+                                  "format": r["format"], "pieces": r["pieces"]})
+                data.add_document(ids)
+        stats["tokens"] = data.num_tokens
 
     sha = hashlib.sha256()
     with open(f"{prefix}.bin", "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
-    gen_secs = sum(r.get("generation_seconds", 0) for r in ordered)
-    gen_toks = sum(r.get("generated_tokens", 0) for r in ordered)
+    gen_secs, gen_toks = stats["generation_seconds"], stats["generated_tokens"]
     entry = {
-        "prefix": os.path.relpath(prefix, cfg.run_dir), "documents": len(kept), "dropped": len(ordered) - len(kept),
-        "sources": len(ordered), "tokens": int(sum(len(t) for t in token_lists)), "bin_sha256": sha.hexdigest(),
+        "prefix": os.path.relpath(prefix, cfg.run_dir), "documents": n_kept, "dropped": len(expected) - n_kept,
+        "sources": len(expected), "tokens": int(stats["tokens"]), "bin_sha256": sha.hexdigest(),
         "provenance": os.path.relpath(run.provenance(cfg.round, cfg.kind), cfg.run_dir),
         "tokenizer": tok.name, "duplicates_ignored": duplicates,
         "generated_tokens_per_s": round(gen_toks / gen_secs, 2) if gen_secs else None,

@@ -1,9 +1,10 @@
-"""One batch of a synthesis job: documents -> journal records.
+"""One batch of a synthesis job: documents -> journal records, in two halves.
 
-Each document is cut into pieces that fit the generator's window; each piece is prompted,
-sampled `candidates` times, parsed, cleaned (generators/cleanup.py) and gated against its own
-piece (rewards/faithfulness.py); the best passing sample per piece is kept and the document's
-record carries its rewards and, when dropped, why.
+`generate_batch` cuts each document into pieces that fit the generator's window and samples
+`candidates` rewrites of each piece; `score_batch` parses and cleans each sample
+(generators/cleanup.py), gates it against its own piece (rewards/faithfulness.py), keeps the best
+passing sample per piece and writes the document's record with its rewards and, when dropped, why.
+The job runs the scoring of one batch while the next one generates.
 """
 from __future__ import annotations
 
@@ -99,18 +100,22 @@ def keeps_document(kind: str, pieces_passed: int, pieces: int) -> bool:
     return pieces > 0 and (pieces_passed == pieces if kind == "rephrase" else pieces_passed > 0)
 
 
-def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_index: int) -> list[dict]:
-    """Journal records for one batch.
+@dataclasses.dataclass
+class GeneratedBatch:
+    """What the generator produced for one batch, before any scoring: `score_batch` needs nothing
+    else (no model of the engine), so it can run on another thread while the next batch generates."""
+    index: int
+    docs: list[SourceDoc]
+    pieces: list[list[str]]        # per document, the pieces it was cut into
+    completions: list[list[str]]   # per piece, its `candidates` raw samples
+    generated_tokens: int
+    started: float                 # time.time() around the generate call
+    ended: float
 
-    Each document is cut into pieces; each piece gets `candidates` samples, each sample is parsed,
-    cleaned (see generators/cleanup.py) and gated against its own piece, and the best passing
-    sample of each piece is kept. A rephrase keeps its document only when every piece has a passing
-    sample (a rewrite with a hole is not the same document); a reformat keeps the pieces that have
-    one (its entries stand on their own).
-    """
-    from synpro_megatron.rewards.format import format_reward
-    from synpro_megatron.rewards.quality import quality_reward
 
+def generate_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_index: int) -> GeneratedBatch:
+    """Cut each document into pieces that fit the generator's window and sample `candidates`
+    rewrites of each piece, in one generate call (the engine batches them)."""
     tok = backend.tokenizer
     count = _token_counter(tok)
     budget = piece_token_budget(backend.context_length, prompt_overhead(tok, cfg), cfg.max_new_tokens, cfg.kind)
@@ -119,13 +124,30 @@ def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_in
     pieces = [chunk_source(d.text, count, budget, encode=lambda t: tok.encode(t, add_special_tokens=False),
                            decode=tok.decode) for d in docs]
     flat = [p for ps in pieces for p in ps]
-    t0 = time.time()
+    started = time.time()
     completions = backend.generate([render_prompt(cfg, p) for p in flat], n=cfg.candidates,
                                    temperature=cfg.temperature, top_p=cfg.top_p,
                                    max_new_tokens=cfg.max_new_tokens, seed=batch_seed(cfg, batch_index),
                                    repetition_penalty=cfg.repetition_penalty)
-    gen_seconds = time.time() - t0
-    raws = [c for group in completions for c in group]
+    return GeneratedBatch(batch_index, list(docs), pieces, [list(c) for c in completions],
+                          int(getattr(backend, "last_generated_tokens", 0) or 0), started, time.time())
+
+
+def score_batch(batch: GeneratedBatch, cfg: SynthesisConfig) -> list[dict]:
+    """Journal records for one generated batch.
+
+    Each sample is parsed, cleaned (see generators/cleanup.py) and gated against its own piece,
+    and the best passing sample of each piece is kept. A rephrase keeps its document only when
+    every piece has a passing sample (a rewrite with a hole is not the same document); a reformat
+    keeps the pieces that have one (its entries stand on their own).
+    """
+    from synpro_megatron.rewards.format import format_reward
+    from synpro_megatron.rewards.quality import quality_reward
+
+    scoring_started = time.time()
+    docs, pieces = batch.docs, batch.pieces
+    flat = [p for ps in pieces for p in ps]
+    raws = [c for group in batch.completions for c in group]
     sources = [p for p in flat for _ in range(cfg.candidates)]
     cands = candidates(cfg.kind, raws, sources, cfg)
     gates = faithfulness_batch(sources, [c[0] for c in cands], kind=cfg.kind, config=cfg.faithfulness,
@@ -152,13 +174,18 @@ def rewrite_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_in
         reasons = [f"piece {k + 1}/{n}: {r}" if n > 1 else r
                    for k, i in enumerate(chosen) if not gates[i].passed for r in gates[i].reasons + cands[i][2]]
         records.append({
-            "source_index": d.index, "source_id": d.doc_id, "batch": batch_index, "kept": kept,
+            "source_index": d.index, "source_id": d.doc_id, "batch": batch.index, "kept": kept,
             "text": text, "faithfulness": round(faith, 6), "quality": round(quality_reward([d.text], [text])[0], 6),
             "format": round(sum(format_reward(cfg.kind, raws[i]) for i in use) / max(1, len(use)), 6),
             "pieces": n, "pieces_passed": passed_pieces, "candidates_passed": passing_total,
             "cleanup": [note for i in use for note in cands[i][2]], "reasons": reasons,
         })
     if records:
-        records[0]["generation_seconds"] = round(gen_seconds, 3)
-        records[0]["generated_tokens"] = int(getattr(backend, "last_generated_tokens", 0) or 0)
+        # when each half of the batch ran (wall clock): the job's overlap of generation and
+        # scoring is read from these, and the throughput logs use the first two
+        records[0]["generation_seconds"] = round(batch.ended - batch.started, 3)
+        records[0]["generated_tokens"] = batch.generated_tokens
+        records[0]["timeline"] = {"generate": [round(batch.started, 3), round(batch.ended, 3)],
+                                  "score": [round(scoring_started, 3), round(time.time(), 3)]}
     return records
+
