@@ -9,7 +9,12 @@
 #      reruns this script and the controller continues from RUN_DIR/state.json.
 #
 # Environment (all optional unless noted):
-#   SYNPRO_SMOKE=1        tiny model on CPU, one node, small token budget (the packaged web sample)
+#   SYNPRO_SMOKE=1        the whole loop at toy scale on CPU: tiny model on the first node, small token
+#                         budget (the packaged web sample), the first plateau check forced to a plateau,
+#                         one round with a 1-step GRPO per kind and SYNPRO_SYNTH_LIMIT (8) documents
+#                         rewritten per kind, synthesis over SYNPRO_SYNTH_NODES x SYNPRO_SYNTH_TASKS_PER_NODE
+#                         ranks (default 1 x 1)
+#   SYNPRO_GENERATOR      GRPO's start policy, an HF folder (default: the offline SmolLM2-135M-Instruct)
 #   SYNPRO_CONFIG         a loop config (YAML/JSON) to use as is; otherwise one is written from:
 #   SYNPRO_DATA | SYNPRO_INPUT   organic prefix (prepared) | JSONL(.gz) to prepare (one is required
 #                         outside smoke mode)
@@ -37,7 +42,7 @@ if [ "${SYNPRO_SMOKE:-0}" = 1 ]; then
     TP=${SYNPRO_TP:-1}; PP=${SYNPRO_PP:-1}
     MICRO=${SYNPRO_MICRO_BATCH:-2}; GLOBAL=${SYNPRO_GLOBAL_BATCH:-8}
     TOKENS=${SYNPRO_TOKENS:-$((40 * 8 * 256))}  # 40 steps of tiny
-    ROUNDS=${SYNPRO_ROUNDS:-0}
+    ROUNDS=${SYNPRO_ROUNDS:-1}
     EVAL=${SYNPRO_EVAL_INTERVAL:-10}; SAVE=${SYNPRO_SAVE_INTERVAL:-20}; CHUNK=${SYNPRO_CHUNK_EVALS:-2}
     RUN_DIR=${SYNPRO_RUN_DIR:-runs/synpro-smoke-$JOB}
     export CUDA_VISIBLE_DEVICES=""  # CPU, even on a GPU node
@@ -78,6 +83,16 @@ else
             SYNTH_LINE="$SYNTH_LINE, synthesis_tasks_per_node: $SYNPRO_SYNTH_TASKS_PER_NODE"
         fi
     fi
+    GEN_ARGS=""
+    if [ -n "${SYNPRO_GENERATOR:-}" ]; then GEN_ARGS="--generator, \"$SYNPRO_GENERATOR\""; fi
+    if [ "${SYNPRO_SMOKE:-0}" = 1 ]; then
+        # every stage in minutes: any improvement counts as flat (the first plateau check is one),
+        # one GRPO step per kind on two prompts, a few documents rewritten per kind
+        EXTRA_LINES="plateau: {window: 1, patience: 1, rel_threshold: 10.0, min_steps_after_refresh: 0}
+generators: {train_args: [--steps, \"1\", --num-prompts, \"2\", --num-generations, \"2\", --max-completion-length, \"16\", --max-source-tokens, \"48\"${GEN_ARGS:+, $GEN_ARGS}], synth_args: [--limit, \"${SYNPRO_SYNTH_LIMIT:-8}\", --batch-size, \"1\", --max-new-tokens, \"32\", --max-source-tokens, \"96\"]}"
+    else
+        EXTRA_LINES="${GEN_ARGS:+generators: {train_args: [$GEN_ARGS]\}}"
+    fi
     cat > "$CONFIG.tmp" <<YAML
 # written by slurm/common.sh for job $JOB
 model: $MODEL
@@ -86,6 +101,7 @@ token_budget: $TOKENS
 max_rounds: $ROUNDS
 parallel: {tp: $TP, pp: $PP, nproc_per_node: $NPROC, nnodes: $NNODES$SYNTH_LINE}
 train: {micro_batch: $MICRO, global_batch: $GLOBAL, eval_interval: $EVAL, save_interval: $SAVE, chunk_evals: $CHUNK}
+$EXTRA_LINES
 YAML
     mv "$CONFIG.tmp" "$CONFIG"
 fi

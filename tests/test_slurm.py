@@ -120,8 +120,17 @@ def test_smoke_fake_payload_checkpoints_on_usr1_and_requeues(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_real_pretrain_completes_with_checkpoint_and_metrics(tmp_path):
-    """`sbatch slurm/synpro_1b.sh` in smoke mode: real prepare + real (tiny, CPU) pretraining."""
+def test_smoke_loop_runs_every_stage_with_synthesis_over_two_nodes_times_two_ranks(tmp_path):
+    """The README's smoke line on a two-node allocation: `sbatch -N 2 --ntasks-per-node=2
+    slurm/synpro_1b.sh` with SYNPRO_SMOKE=1 runs the real loop (prepare, tiny CPU pretraining to
+    the forced first plateau, probe, one GRPO step per kind, synthesis, the blend extension,
+    resumed pretraining). Each synthesis stage is one srun step of 2 nodes x 2 tasks, every rank
+    told its rank and world on its command line (inheriting the batch step's SLURM_PROCID and
+    SLURM_NTASKS made it rank 0 of 4, waiting for ranks that never started): every selected
+    document is rewritten exactly once, every rank leaves its done marker, the job completes."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from tiny_generator import make_tiny_generator
+
     (tmp_path / "logs").mkdir()
     src = os.path.join(REPO, "synpro_megatron", "assets", "web_sample.jsonl.gz")
     with gzip.open(src, "rt") as f:
@@ -129,22 +138,41 @@ def test_smoke_real_pretrain_completes_with_checkpoint_and_metrics(tmp_path):
     (tmp_path / "organic.jsonl").write_text("".join(docs))
     run_dir = tmp_path / "run"
     env = job_env(SYNPRO_SMOKE=1, SYNPRO_RUN_DIR=run_dir, SYNPRO_INPUT=tmp_path / "organic.jsonl",
-                  SYNPRO_TOKENS=20 * 8 * 256, SYNPRO_EVAL_INTERVAL=5, SYNPRO_SAVE_INTERVAL=10, SYNPRO_CHUNK_EVALS=2)
-    job = sbatch(["-N", "1", "-t", "30", os.path.join(REPO, "slurm", "synpro_1b.sh")], tmp_path, env)
+                  SYNPRO_TOKENS=20 * 8 * 256, SYNPRO_EVAL_INTERVAL=5, SYNPRO_SAVE_INTERVAL=10, SYNPRO_CHUNK_EVALS=2,
+                  SYNPRO_GENERATOR=make_tiny_generator(tmp_path / "gen"),  # GRPO in seconds (noise text)
+                  SYNPRO_SYNTH_NODES=2, SYNPRO_SYNTH_TASKS_PER_NODE=2, OMP_NUM_THREADS=1, SYNPRO_FSYNC=0)
+    job = sbatch(["-N", "2", "--ntasks-per-node=2", "-t", "30", os.path.join(REPO, "slurm", "synpro_1b.sh")],
+                 tmp_path, env)
     info = wait_for([job], timeout=1500, poll=3)[job]
     log = _read(tmp_path / "logs" / f"synpro-1b-{job}.out")
     assert info["JobState"] == "COMPLETED", log[-5000:]
+
+    # pretraining: to the plateau at step 10, then resumed over the blend to the budget
     st = read_state(run_dir)
-    assert st["stage"] == "done" and st["step"] == 20
+    assert st["stage"] == "done" and st["step"] == 20 and st["round"] == 1
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "20"
-    assert (run_dir / "checkpoints" / "iter_0000020").is_dir()
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["kind"] == "train"]
     evals = [r for r in recs if r["kind"] == "eval"]
     assert [r["step"] for r in train][-1] == 20 and all(r["lm_loss"] > 0 for r in train)
     assert {r["step"] for r in evals} >= {5, 10, 15, 20}
     assert all(r["reference_loss"] > 0 and r["heldout_loss"] > 0 for r in evals)
-    assert train[-1]["lm_loss"] < train[0]["lm_loss"]
+    stages = [r["stage"] for r in map(json.loads, (run_dir / "loop_log.jsonl").read_text().splitlines())
+              if r.get("kind") == "stage"]
+    assert stages == ["prepare", "pretrain", "probe", "train_generator:rephrase", "train_generator:reformat",
+                      "synthesize:rephrase", "synthesize:reformat", "extend_blend", "pretrain"], stages
+
+    # synthesis: one srun step of 2 nodes x 2 ranks per kind, each document exactly once
+    assert log.count("srun --nodes=2 --ntasks=4 --ntasks-per-node=2") >= 2, log[-5000:]
+    manifest = json.loads((run_dir / "synthetic" / "manifest.json").read_text())
+    for kind in ("rephrase", "reformat"):
+        work = run_dir / "synthetic" / "round_1" / ".work" / kind
+        done = [json.loads((work / f"done.rank{r}.json").read_text()) for r in range(4)]
+        assert [d["world"] for d in done] == [4] * 4 and all(d["documents"] == 2 for d in done), done
+        ids = [json.loads(line)["source_id"] for r in range(4)
+               for line in (work / f"journal.rank{r}.jsonl").read_text().splitlines() if line.strip()]
+        assert len(ids) == len(set(ids)) == 8
+        assert manifest["rounds"]["1"][kind]["sources"] == 8
 
 
 @pytest.mark.slow
@@ -260,52 +288,3 @@ def test_readme_sbatch_lines_work_from_a_fresh_clone():
     r = subprocess.run(["git", "ls-files", "logs"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and "logs/.gitignore" in r.stdout.split(), r.stdout + r.stderr
     assert "#SBATCH --output=logs/%x-%j.out" in _read(os.path.join(REPO, "slurm", "synpro_1b.sh"))
-
-
-SYNTH_JOB = textwrap.dedent("""\
-    #!/bin/bash
-    # the loop's synthesis stage inside a 2-node allocation: CliRunner launches srun over 2 x 2 ranks
-    set -euo pipefail
-    "$SYNPRO_PYTHON" - <<'PY'
-    import os
-    from synpro_megatron.loop.config import ParallelConfig
-    from synpro_megatron.loop.runner import CliRunner
-
-    runner = CliRunner(parallel=ParallelConfig(nnodes=2, nproc_per_node=2))
-    runner.synthesize("rephrase", os.environ["RUN"], 1, generator=os.environ["GEN"],
-                      args=["--source-jsonl", os.environ["SRC"], "--limit", "8", "--batch-size", "1",
-                            "--max-new-tokens", "8", "--max-source-tokens", "48", "--backend", "hf"])
-    print("synthesis stage done")
-    PY
-""")
-
-
-@pytest.mark.slow
-def test_loop_synthesis_stage_runs_over_two_nodes_times_two_ranks(tmp_path):
-    """Inside an sbatch allocation the loop's synthesis stage is one srun step of 2 nodes x 2
-    tasks, each rank told its rank and world explicitly (the surrounding job's SLURM_PROCID and
-    SLURM_NTASKS describe the batch step, not the synthesis): every selected document is rewritten
-    exactly once, every rank leaves its done marker and the stage ends (no rank left waiting)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from synpro_megatron.synthesis.sources import PACKAGED_SAMPLE
-    from tiny_generator import make_tiny_generator
-
-    (tmp_path / "logs").mkdir()
-    gen = make_tiny_generator(tmp_path / "gen")
-    run_dir = tmp_path / "run"
-    (tmp_path / "job.sh").write_text(SYNTH_JOB)
-    env = job_env(RUN=run_dir, GEN=gen, SRC=PACKAGED_SAMPLE, OMP_NUM_THREADS=1, SYNPRO_FSYNC=0)
-    job = sbatch(["-N", "2", "--ntasks-per-node=2", "-t", "20", "--output=logs/synth-%j.out", str(tmp_path / "job.sh")],
-                 tmp_path, env)
-    info = wait_for([job], timeout=900, poll=2)[job]
-    log = _read(tmp_path / "logs" / f"synth-{job}.out")
-    assert info["JobState"] == "COMPLETED", log[-5000:]
-    assert "srun --nodes=2 --ntasks=4 --ntasks-per-node=2" in log and "synthesis stage done" in log
-    work = next((run_dir / "synthetic").rglob("job.json")).parent
-    done = [json.loads((work / f"done.rank{r}.json").read_text()) for r in range(4)]
-    assert [d["world"] for d in done] == [4] * 4 and all(d["documents"] == 2 for d in done)
-    ids = [json.loads(line)["source_id"] for r in range(4)
-           for line in (work / f"journal.rank{r}.jsonl").read_text().splitlines() if line.strip()]
-    assert len(ids) == len(set(ids)) == 8
-    manifest = json.loads((run_dir / "synthetic" / "manifest.json").read_text())
-    assert manifest["rounds"]["1"]["rephrase"]["sources"] == 8
