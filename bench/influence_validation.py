@@ -6,7 +6,10 @@ L_ref(after the same n steps with a zero gradient): the momentum already in the 
 state moves the weights either way, and only the difference is the text's doing. The steps use the
 checkpoint's own Adam state (m, v, step count), betas, eps and weight decay, on every hooked linear
 weight (what the scores cover); the Adam moments are kept in float64. Predictions: exact first-order scores (mode="exact"), SGD and Adam, and the
-default projected ones. Prints Pearson and Spearman correlations.
+default projected ones, and the SynPro paper's probe influence: fine-tune a copy of the checkpoint on
+the reference set (--probe-steps AdamW steps at --probe-lr, fresh Adam state, as its
+probe-influence-train config: 100 steps at 1e-4) and score each text by its loss before minus after.
+Prints Pearson and Spearman correlations against the truth, and of each predictor with the probe.
 
     python bench/influence_validation.py --checkpoint RUN/checkpoints/iter_N [--texts 24 --lr 1e-3 --steps 1 3]
 """
@@ -61,6 +64,8 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, nargs="+", default=[1, 3])
     p.add_argument("--ref-docs", type=int, default=16)
+    p.add_argument("--probe-steps", type=int, default=100)
+    p.add_argument("--probe-lr", type=float, default=1e-4)
     args = p.parse_args()
 
     from synpro_megatron.influence.probe import InfluenceProbe
@@ -106,16 +111,54 @@ def main():
         probe._zero_param_grads()
         return loss
 
+    def text_losses():
+        """Mean per-token loss of each text (the probe's loss over a one-document reference set)."""
+        reference, out = probe.reference_texts, []
+        try:
+            for t in texts:
+                probe.reference_texts = [t]
+                out.append(probe.reference_loss())
+        finally:
+            probe.reference_texts = reference
+        return torch.tensor(out, dtype=torch.float64)
+
+    def paper_probe_influence():
+        """Loss of each text before minus after fine-tuning on the reference set (SynPro's probe)."""
+        before = text_losses()
+        m = {k: torch.zeros_like(w0[k], dtype=torch.float64) for k in layers}
+        v = {k: torch.zeros_like(w0[k], dtype=torch.float64) for k in layers}
+        n_ref = len(probe.reference_texts)
+        for t in range(1, args.probe_steps + 1):
+            probe._zero_param_grads()
+            probe.backward_texts(probe.reference_texts, [1.0 / n_ref] * n_ref)
+            with torch.no_grad():
+                for k, w in layers.items():
+                    g = w.grad.double() if w.grad is not None else torch.zeros_like(m[k])
+                    m[k].mul_(b1).add_(g, alpha=1 - b1)
+                    v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    upd = (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + eps)
+                    w.mul_(1 - args.probe_lr * wd).sub_(args.probe_lr * upd)
+        after = text_losses()
+        with torch.no_grad():
+            for k, w in layers.items():
+                w.copy_(w0[k])
+        probe._zero_param_grads()
+        return before - after
+
+    preds["paper probe"] = paper_probe_influence()
     print(f"checkpoint {args.checkpoint} (step {step0}), {len(texts)} texts, lr {args.lr}, "
           f"{args.ref_docs} reference documents (stratified)")
-    print("| predictor | " + " | ".join(f"Pearson / Spearman vs AdamW x{n}" for n in args.steps) + " |")
-    print("| --- |" + " ---: |" * len(args.steps))
+    print(f"paper probe: {args.probe_steps} AdamW steps at lr {args.probe_lr} on the reference set")
+    print("| predictor | " + " | ".join(f"Pearson / Spearman vs AdamW x{n}" for n in args.steps)
+          + " | Pearson / Spearman vs paper probe |")
+    print("| --- |" + " ---: |" * (len(args.steps) + 1))
     truth = {}
     for n in args.steps:
         base = run_steps(None, n)
         truth[n] = torch.tensor([base - run_steps(t, n) for t in texts], dtype=torch.float64)
     for name, pred in preds.items():
         cells = [f"{pearson(pred, truth[n]):.2f} / {spearman(pred, truth[n]):.2f}" for n in args.steps]
+        cells.append(f"{pearson(pred, preds['paper probe']):.2f} / {spearman(pred, preds['paper probe']):.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -11,7 +11,7 @@
 # Environment (all optional unless noted):
 #   SYNPRO_SMOKE=1        the whole loop at toy scale on CPU: tiny model on the first node, small token
 #                         budget (the packaged web sample), the first plateau check forced to a plateau,
-#                         one round with a 1-step GRPO per kind and SYNPRO_SYNTH_LIMIT (8) documents
+#                         one round with a 1-step GRPO per kind and SYNPRO_SYNTH_LIMIT (4) documents
 #                         rewritten per kind, synthesis over SYNPRO_SYNTH_NODES x SYNPRO_SYNTH_TASKS_PER_NODE
 #                         ranks (default 1 x 1)
 #   SYNPRO_GENERATOR      GRPO's start policy, an HF folder (default: the offline SmolLM2-135M-Instruct)
@@ -89,7 +89,7 @@ else
         # every stage in minutes: any improvement counts as flat (the first plateau check is one),
         # one GRPO step per kind on two prompts, a few documents rewritten per kind
         EXTRA_LINES="plateau: {window: 1, patience: 1, rel_threshold: 10.0, min_steps_after_refresh: 0}
-generators: {train_args: [--steps, \"1\", --num-prompts, \"2\", --num-generations, \"2\", --max-completion-length, \"16\", --max-source-tokens, \"48\"${GEN_ARGS:+, $GEN_ARGS}], synth_args: [--limit, \"${SYNPRO_SYNTH_LIMIT:-8}\", --batch-size, \"1\", --max-new-tokens, \"32\", --max-source-tokens, \"96\"]}"
+generators: {train_args: [--steps, \"1\", --num-prompts, \"2\", --num-generations, \"2\", --max-completion-length, \"16\", --max-source-tokens, \"48\"${GEN_ARGS:+, $GEN_ARGS}], synth_args: [--limit, \"${SYNPRO_SYNTH_LIMIT:-4}\", --batch-size, \"1\", --max-new-tokens, \"128\", --max-source-tokens, \"96\", --few-shot, --temperature, \"0.5\"]}"
     else
         EXTRA_LINES="${GEN_ARGS:+generators: {train_args: [$GEN_ARGS]\}}"
     fi

@@ -140,7 +140,8 @@ def test_smoke_loop_runs_every_stage_with_synthesis_over_two_nodes_times_two_ran
     env = job_env(SYNPRO_SMOKE=1, SYNPRO_RUN_DIR=run_dir, SYNPRO_INPUT=tmp_path / "organic.jsonl",
                   SYNPRO_TOKENS=20 * 8 * 256, SYNPRO_EVAL_INTERVAL=5, SYNPRO_SAVE_INTERVAL=10, SYNPRO_CHUNK_EVALS=2,
                   SYNPRO_GENERATOR=make_tiny_generator(tmp_path / "gen"),  # GRPO in seconds (noise text)
-                  SYNPRO_SYNTH_NODES=2, SYNPRO_SYNTH_TASKS_PER_NODE=2, OMP_NUM_THREADS=1, SYNPRO_FSYNC=0)
+                  SYNPRO_SYNTH_NODES=2, SYNPRO_SYNTH_TASKS_PER_NODE=2, SYNPRO_SYNTH_LIMIT=8, OMP_NUM_THREADS=1,
+                  SYNPRO_FSYNC=0)
     job = sbatch(["-N", "2", "--ntasks-per-node=2", "-t", "30", os.path.join(REPO, "slurm", "synpro_1b.sh")],
                  tmp_path, env)
     info = wait_for([job], timeout=1500, poll=3)[job]
