@@ -28,7 +28,7 @@ if [[ "${1:-}" == "--cpu" ]]; then MODE=cpu; fi
 DEVICE=$($PY -c "import torch, os; print(torch.cuda.get_device_name() if '$MODE' == 'cuda' else f'CPU ({os.cpu_count()} cores)')")
 
 if [[ "$MODE" == "cuda" ]]; then
-  TESTS=(-m pytest -q -x tests/test_kernels.py -k cuda)
+  TESTS=(-m pytest -q -x tests/test_kernels.py tests/test_rewards.py -k cuda)
   KERNEL=(bench/kernel_projection.py --docs 16 --tokens 2048 --d-in 4096 --d-out 4096 --k 32)
   VALUATION=(bench/influence_overhead.py --config 400m --micro-batch 4 --seq 2048 --rounds 5 --texts 256)
   PRETRAIN=(bench/pretrain_throughput.py --configs 400m 1b --tp 1 --steps 6 --limit 4000)

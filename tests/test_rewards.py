@@ -331,3 +331,19 @@ def test_combined_reward_gates_normalises_and_logs(docs, tiny_lm):
 def test_combined_reward_requires_the_source_column():
     with pytest.raises(ValueError, match="source"):
         CombinedReward("rephrase")(prompts=["p"], completions=["c"])
+
+
+def test_gate_models_run_on_cuda_when_there_is_one(monkeypatch):
+    """The gate's MiniLM (and a verifier) sit where gate_device() says: CUDA when the machine has
+    it, so scoring beside a vLLM engine does not queue on the CPU; SYNPRO_GATE_DEVICE overrides.
+    (bench/gpu_check.sh runs this on a GPU machine.)"""
+    import torch
+
+    from synpro_megatron.rewards.faithfulness import gate_device, sentence_encoder
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.delenv("SYNPRO_GATE_DEVICE", raising=False)
+    assert gate_device() == expected
+    assert sentence_encoder().device.type == expected
+    monkeypatch.setenv("SYNPRO_GATE_DEVICE", "cpu")
+    assert gate_device() == "cpu"

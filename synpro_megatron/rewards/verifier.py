@@ -76,6 +76,7 @@ def pair_probabilities(model, tokenizer, premises: Sequence[str], hypotheses: Se
     with torch.no_grad():
         for b in range(0, len(premises), batch_size):
             enc = encode_pairs(tokenizer, premises[b:b + batch_size], hypotheses[b:b + batch_size], max_length)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
             out.extend(model(**enc).logits.softmax(-1).tolist())
     return out
 
@@ -292,7 +293,10 @@ class Verifier:
 
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True).eval()
+        from synpro_megatron.rewards.faithfulness import gate_device
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, local_files_only=True).eval().to(gate_device())
         meta = Path(self.path) / "synpro_verifier.json"
         self.max_length = json.loads(meta.read_text())["recipe"]["max_length"] if meta.exists() else 192
 
