@@ -198,17 +198,6 @@ def is_held_out(doc_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "little") / 2**64 < fraction
 
 
-def _chunks(records: Iterator[Record], size: int) -> Iterator[List[Record]]:
-    chunk = []
-    for r in records:
-        chunk.append(r)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -243,30 +232,21 @@ def prepare(cfg: PrepareConfig) -> dict:
                 AtomicIndexedDatasetWriter(tmp, tok.vocab_size) as train_w, \
                 AtomicIndexedDatasetWriter(tmp + "_heldout", tok.vocab_size) as held_w, \
                 progress(desc=f"prepare {os.path.basename(cfg.input)}", unit="doc", every_n=10000) as bar:
-            record_chunks = []
-
-            def texts_of(chunks):
-                for chunk in chunks:
-                    record_chunks.append(chunk)
-                    yield [r.text for r in chunk]
-
-            for token_lists in tokenize(texts_of(_chunks(records, 64))):
-                chunk = record_chunks.pop(0)
-                for rec, ids in zip(chunk, token_lists):
-                    if rec.doc_id in seen:
-                        err = CorpusError(cfg.input, rec.line, f"duplicate document id {rec.doc_id!r}")
-                        if cfg.on_error == "fail":
-                            raise err
-                        errors.append(err)
-                        continue
-                    seen.add(rec.doc_id)
-                    if is_held_out(rec.doc_id, cfg.held_out, cfg.seed):
-                        held_w.add_document(ids)
-                        heldout_ids.append(rec.doc_id)
-                    else:
-                        train_w.add_document(ids)
-                        train_ids.append(rec.doc_id)
-                bar.update(len(chunk))
+            for rec, ids in tokenize(records, lambda r: r.text):
+                bar.update(1)
+                if rec.doc_id in seen:
+                    err = CorpusError(cfg.input, rec.line, f"duplicate document id {rec.doc_id!r}")
+                    if cfg.on_error == "fail":
+                        raise err
+                    errors.append(err)
+                    continue
+                seen.add(rec.doc_id)
+                if is_held_out(rec.doc_id, cfg.held_out, cfg.seed):
+                    held_w.add_document(ids)
+                    heldout_ids.append(rec.doc_id)
+                else:
+                    train_w.add_document(ids)
+                    train_ids.append(rec.doc_id)
             if not train_ids:
                 raise ValueError(f"{cfg.input}: no usable documents")
     except BaseException:

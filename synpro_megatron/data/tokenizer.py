@@ -11,9 +11,10 @@ import multiprocessing as mp
 import os
 from collections import OrderedDict, deque
 from functools import lru_cache
-from typing import Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 DEFAULT_TOKENIZER = "smollm2"
+T = TypeVar("T")
 # End-of-document token for pretraining; SmolLM2's chat EOS (<|im_end|>) is a different token.
 _EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
 
@@ -101,18 +102,43 @@ def _ordered_ahead(pool, chunks: Iterator[List[str]], ahead: int) -> Iterator[Li
         yield pending.popleft().get()
 
 
+def _chunked(items: Iterable[T], size: int) -> Iterator[List[T]]:
+    chunk: List[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 @contextlib.contextmanager
-def document_tokenizer(tokenizer_name: Optional[str], workers: int = 1):
-    """`tokenize(chunks)`: for each chunk (a list of texts) the token ids of each text with EOD
-    appended, chunk by chunk and in order. With workers > 1 a pool of forked processes tokenizes a
-    few chunks ahead of the caller, who writes the previous ones meanwhile (`synpro prepare`, the
-    synthesis finalize)."""
+def document_tokenizer(tokenizer_name: Optional[str], workers: int = 1, chunk_size: int = 64):
+    """`tokenize(items, text)`: (item, token ids of text(item) with EOD appended) for each item, in
+    order. The items stay in this process; their texts go to the tokenizer in chunks. With
+    workers > 1 a pool of forked processes tokenizes a few chunks ahead of the caller, who writes
+    the previous ones meanwhile (`synpro prepare`, the synthesis finalize)."""
     if workers <= 1:
         _init_worker(tokenizer_name)
-        yield lambda chunks: map(_tokenize_documents, chunks)
-        return
-    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tokenizer_name,))
+        pool, run = None, lambda chunks: map(_tokenize_documents, chunks)
+    else:
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tokenizer_name,))
+        run = lambda chunks: _ordered_ahead(pool, chunks, ahead=2 * workers)  # noqa: E731
+
+    def tokenize(items: Iterable[T], text: Callable[[T], str]) -> Iterator[Tuple[T, List[int]]]:
+        held: deque = deque()  # the items of the chunks handed to the tokenizer, in order
+
+        def texts() -> Iterator[List[str]]:
+            for chunk in _chunked(items, chunk_size):
+                held.append(chunk)
+                yield [text(item) for item in chunk]
+
+        for token_lists in run(texts()):
+            yield from zip(held.popleft(), token_lists)
+
     try:
-        yield lambda chunks: _ordered_ahead(pool, chunks, ahead=2 * workers)
+        yield tokenize
     finally:
-        pool.terminate()
+        if pool is not None:
+            pool.terminate()

@@ -192,15 +192,16 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
         total_docs = sum(len(d) for _, d in mine)
         bar = progress(total=total_docs, initial=total_docs - sum(len(d) for _, d in pending), unit="doc",
                        desc=f"synthesize {cfg.kind} r{cfg.round} rank {rank}", file=sys.stderr, disable=None)
-        totals = {"written": 0, "kept": 0}
+        kept_total = 0
 
         def journaled(records: list[dict]) -> None:
-            totals["written"] += len(records)
-            totals["kept"] += sum(r["kept"] for r in records)
+            nonlocal written, kept_total
+            written += len(records)
+            kept_total += sum(r["kept"] for r in records)
             bar.update(len(records))
             if writer is not None:
                 step = bar.n
-                writer.add_scalar("synthesis/kept_fraction", totals["kept"] / max(1, totals["written"]), step)
+                writer.add_scalar("synthesis/kept_fraction", kept_total / max(1, written), step)
                 secs = records[0].get("generation_seconds") or 0
                 if secs:
                     writer.add_scalar("synthesis/generated_tokens_per_s",
@@ -215,7 +216,6 @@ def run_synthesis(cfg: SynthesisConfig, backend=None) -> dict:
             bar.close()
             if writer is not None:
                 writer.close()
-        written = totals["written"]
 
     my_ids = [d.doc_id for _, docs in mine for d in docs]
     atomic_write_json(str(wdir / f"done.rank{rank}.json"), {"rank": rank, "world": world, "documents": len(my_ids)})
@@ -231,8 +231,8 @@ def _generate_and_score(backend, pending: list, cfg: SynthesisConfig, journal: P
     """Every pending batch through the generator, then the scorer, then the journal, in order.
 
     With cfg.overlap_scoring one scoring thread runs batch b's gate, quality and journal append
-    while this thread generates batch b+1: on a GPU the engine no longer idles while the CPU-side
-    models (MiniLM, spaCy) score, and on CPU the two halves use different cores. Scoring is
+    while this thread generates batch b+1: the engine no longer idles while the gate's models
+    (MiniLM, spaCy, a verifier) score, and on CPU the two halves use different cores. Scoring is
     deterministic, so the records are the same either way; a crash loses at most the batches not
     yet journaled, as before.
     """
@@ -307,9 +307,9 @@ def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict)
     """Build KIND.{bin,idx}, provenance, dropped and the manifest entry from the journals.
 
     Streamed: the journals are indexed (id -> offset), then read back record by record in the
-    selection's order while a pool of processes tokenizes the kept texts a few chunks ahead and
-    this process appends them to the IndexedDataset and the provenance; memory holds the index,
-    not the round. The bytes are the same for any number of workers."""
+    selection's order while the tokenizer (a pool of processes for a large round) works a few
+    chunks ahead and this process appends to the IndexedDataset and the provenance; memory holds
+    the index, not the round. The bytes are the same for any number of workers."""
     from synpro_megatron.data.indexed import AtomicIndexedDatasetWriter
     from synpro_megatron.data.tokenizer import document_tokenizer, load_tokenizer
 
@@ -329,54 +329,40 @@ def finalize(cfg: SynthesisConfig, selected: list[SourceDoc], fingerprint: dict)
     run = RunDir(cfg.run_dir)
     prefix = run.synthetic_prefix(cfg.round, cfg.kind)
     n_kept = sum(index[i][2] for i in expected)
-    stats = {"generation_seconds": 0.0, "generated_tokens": 0, "tokens": 0}
+    gen_secs, gen_toks = 0.0, 0
 
-    def records() -> Iterator[dict]:
+    def kept_records(write_dropped) -> Iterator[dict]:
+        """The journaled records in source order; dropped ones go straight to their file."""
+        nonlocal gen_secs, gen_toks
         for doc_id in expected:
             path, offset, _ = index[doc_id]
             rec = read_jsonl_at(str(path), offset)
-            stats["generation_seconds"] += rec.get("generation_seconds", 0)
-            stats["generated_tokens"] += rec.get("generated_tokens", 0)
-            yield rec
-
-    def kept_chunks(write_dropped, chunks_of_kept: list) -> Iterator[list[str]]:
-        chunk: list[dict] = []
-        for rec in records():
-            if not rec["kept"]:
+            gen_secs += rec.get("generation_seconds", 0)
+            gen_toks += rec.get("generated_tokens", 0)
+            if rec["kept"]:
+                yield rec
+            else:
                 write_dropped({"source_id": rec["source_id"], "source_index": rec["source_index"],
                                "reasons": rec["reasons"]})
-                continue
-            chunk.append(rec)
-            if len(chunk) == 64:
-                chunks_of_kept.append(chunk)
-                yield [r["text"] for r in chunk]
-                chunk = []
-        if chunk:
-            chunks_of_kept.append(chunk)
-            yield [r["text"] for r in chunk]
 
     with document_tokenizer(tokenizer_name, _finalize_workers(cfg, n_kept)) as tokenize, \
             AtomicIndexedDatasetWriter(prefix, tok.vocab_size) as data, \
             atomic_jsonl_writer(run.provenance(cfg.round, cfg.kind), sort_keys=False) as write_provenance, \
             atomic_jsonl_writer(run.dropped(cfg.round, cfg.kind), sort_keys=False) as write_dropped:
-        pending_chunks: list = []  # the records of the chunks handed to the tokenizer, in order
-        for token_lists in tokenize(kept_chunks(write_dropped, pending_chunks)):
-            for r, ids in zip(pending_chunks.pop(0), token_lists):
-                write_provenance({"synthetic_index": data.num_docs, "source_id": r["source_id"],
-                                  "source_index": r["source_index"], "tokens": len(ids),
-                                  "faithfulness": r["faithfulness"], "quality": r["quality"],
-                                  "format": r["format"], "pieces": r["pieces"]})
-                data.add_document(ids)
-        stats["tokens"] = data.num_tokens
+        for r, ids in tokenize(kept_records(write_dropped), lambda rec: rec["text"]):
+            write_provenance({"synthetic_index": data.num_docs, "source_id": r["source_id"],
+                              "source_index": r["source_index"], "tokens": len(ids),
+                              "faithfulness": r["faithfulness"], "quality": r["quality"],
+                              "format": r["format"], "pieces": r["pieces"]})
+            data.add_document(ids)
 
     sha = hashlib.sha256()
     with open(f"{prefix}.bin", "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
-    gen_secs, gen_toks = stats["generation_seconds"], stats["generated_tokens"]
     entry = {
         "prefix": os.path.relpath(prefix, cfg.run_dir), "documents": n_kept, "dropped": len(expected) - n_kept,
-        "sources": len(expected), "tokens": int(stats["tokens"]), "bin_sha256": sha.hexdigest(),
+        "sources": len(expected), "tokens": data.num_tokens, "bin_sha256": sha.hexdigest(),
         "provenance": os.path.relpath(run.provenance(cfg.round, cfg.kind), cfg.run_dir),
         "tokenizer": tok.name, "duplicates_ignored": duplicates,
         "generated_tokens_per_s": round(gen_toks / gen_secs, 2) if gen_secs else None,
