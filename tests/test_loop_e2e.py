@@ -166,6 +166,14 @@ def test_real_loop_end_to_end(reference):
             blended.append(source_name(1, kind))
     assert blended, "no synthetic document passed the gate in either kind"
 
+    # `synpro synthesize` scored each batch beside the next one's generation (the job's scoring
+    # thread): batch 0's scoring started before batch 1's generation ended
+    for kind in KINDS:
+        journal = os.path.join(run.synthesis_work_dir(1, kind), "journal.rank0.jsonl")
+        spans = {r["batch"]: r["timeline"] for r in read_jsonl(journal) if "timeline" in r}
+        assert sorted(spans) == [0, 1], spans
+        assert spans[0]["score"][0] < spans[1]["generate"][1], spans
+
     # the schedule gains the round exactly at the plateau sample
     plateau = [r for r in read_jsonl(run.loop_log) if r["kind"] == "plateau" and r["action"].startswith("refresh")]
     assert [r["step"] for r in plateau] == [PLATEAU_STEP]
