@@ -88,27 +88,35 @@ def main():
     state, (b1, b2, eps, wd, step0) = adam_state(args.checkpoint, set(layers), probe.tokenizer.vocab_size)
     w0 = {n: w.detach().clone() for n, w in layers.items()}
 
-    def run_steps(text, n):
-        """n AdamW steps on `text` (None: zero gradient); returns the reference loss after them."""
-        m = {k: v[0].clone() for k, v in state.items()}
-        v = {k: v[1].clone() for k, v in state.items()}
+    def adamw_steps(n, backward, m, v, lr, t0):
+        """n AdamW steps on the hooked weights, each on the gradient `backward()` leaves (none: a
+        zero gradient), from moments m, v (float64, updated in place) at step count t0."""
         for i in range(n):
             probe._zero_param_grads()
-            if text is not None:
-                probe.backward_texts([text])
-            t = step0 + i + 1
+            backward()
+            t = t0 + i + 1
             with torch.no_grad():
                 for k, w in layers.items():
-                    g = w.grad.double() if (text is not None and w.grad is not None) else torch.zeros_like(w)
+                    g = w.grad.double() if w.grad is not None else torch.zeros_like(m[k])
                     m[k].mul_(b1).add_(g, alpha=1 - b1)
                     v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
                     upd = (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + eps)
-                    w.mul_(1 - args.lr * wd).sub_(args.lr * upd)
-        loss = probe.reference_loss()
+                    w.mul_(1 - lr * wd).sub_(lr * upd)
+
+    def restore():
         with torch.no_grad():
             for k, w in layers.items():
                 w.copy_(w0[k])
         probe._zero_param_grads()
+
+    def run_steps(text, n):
+        """n AdamW steps on `text` (None: zero gradient) from the checkpoint's own Adam state;
+        returns the reference loss after them."""
+        m = {k: v[0].clone() for k, v in state.items()}
+        v = {k: v[1].clone() for k, v in state.items()}
+        adamw_steps(n, lambda: text is not None and probe.backward_texts([text]), m, v, args.lr, step0)
+        loss = probe.reference_loss()
+        restore()
         return loss
 
     def text_losses():
@@ -123,26 +131,16 @@ def main():
         return torch.tensor(out, dtype=torch.float64)
 
     def paper_probe_influence():
-        """Loss of each text before minus after fine-tuning on the reference set (SynPro's probe)."""
+        """Loss of each text before minus after fine-tuning on the reference set (SynPro's probe):
+        a fresh AdamW, as the paper's probe training starts one."""
         before = text_losses()
         m = {k: torch.zeros_like(w0[k], dtype=torch.float64) for k in layers}
         v = {k: torch.zeros_like(w0[k], dtype=torch.float64) for k in layers}
         n_ref = len(probe.reference_texts)
-        for t in range(1, args.probe_steps + 1):
-            probe._zero_param_grads()
-            probe.backward_texts(probe.reference_texts, [1.0 / n_ref] * n_ref)
-            with torch.no_grad():
-                for k, w in layers.items():
-                    g = w.grad.double() if w.grad is not None else torch.zeros_like(m[k])
-                    m[k].mul_(b1).add_(g, alpha=1 - b1)
-                    v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
-                    upd = (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + eps)
-                    w.mul_(1 - args.probe_lr * wd).sub_(args.probe_lr * upd)
+        adamw_steps(args.probe_steps, lambda: probe.backward_texts(probe.reference_texts, [1.0 / n_ref] * n_ref),
+                    m, v, args.probe_lr, 0)
         after = text_losses()
-        with torch.no_grad():
-            for k, w in layers.items():
-                w.copy_(w0[k])
-        probe._zero_param_grads()
+        restore()
         return before - after
 
     preds["paper probe"] = paper_probe_influence()
