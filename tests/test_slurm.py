@@ -90,8 +90,10 @@ def test_smoke_fake_payload_checkpoints_on_usr1_and_requeues(tmp_path):
     continues from state.json and completes."""
     (tmp_path / "logs").mkdir()
     run_dir = tmp_path / "run"
+    # SYNPRO_ROUNDS=0: smoke mode now builds a round; this test is about preemption of pretraining
+    # alone, as before that change (the round's stages moved the USR1 into round 1's pretraining)
     env = job_env(SYNPRO_SMOKE=1, SYNPRO_RUNNER="fake", SYNPRO_RUN_DIR=run_dir, SYNPRO_FAKE_STEP_SECONDS=0.05,
-                  SYNPRO_TOKENS=200 * 8 * 256, SYNPRO_FSYNC=0)
+                  SYNPRO_TOKENS=200 * 8 * 256, SYNPRO_FSYNC=0, SYNPRO_ROUNDS=0)
     job = sbatch(["-N", "1", "-t", "10", os.path.join(REPO, "slurm", "synpro_400m.sh")], tmp_path, env)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
