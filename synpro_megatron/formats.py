@@ -67,6 +67,25 @@ Content: Volunteers built the greenhouse over six weeks with wood donated by a l
 Topic (problem-solving): Reserving a bed
 Content: Residents email the garden committee before April 20 and pay $15 a season. Beds are assigned in the order requests arrive.""",
 }
+# The example's own names and things. The 135M generator copies them into answers about other
+# documents: in the demo, 7 of 9 reformat answers were the example's entries ("The Millbrook
+# greenhouse opening") over texts about other things. With the example shown, synthesis forbids the
+# generator each of these words that its document does not contain (the backends' `banned_words`).
+EXAMPLE_WORDS = ("Millbrook", "greenhouse", "sawmill", "garden", "raised beds", "beds", "Reserving",
+                 "volunteers", "committee", "newsletter")
+
+
+def example_words_absent_from(source: str) -> list[str]:
+    """EXAMPLE_WORDS the source does not contain (as any part of a word: "gardening" keeps "garden"
+    allowed), each as written, lower-case and capitalised."""
+    low = source.lower()
+    banned: list[str] = []
+    for word in EXAMPLE_WORDS:
+        if word.lower() not in low:
+            banned += [word, word.lower(), word[0].upper() + word[1:]]
+    return list(dict.fromkeys(banned))
+
+
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown generator kind {kind!r}; choose one of {KINDS}")

@@ -15,6 +15,7 @@ from synpro_megatron.generators.backends import GeneratorLoadError, load_generat
 from synpro_megatron.generators.prompts import (EXAMPLE_SOURCE, PREFILLS, REFORMAT_HEADING, render_messages,
                                                 source_of)
 from synpro_megatron.generators.smollm2 import smollm2_path
+from synpro_megatron.formats import example_words_absent_from
 from synpro_megatron.synthesis.config import SynthesisConfig
 from synpro_megatron.synthesis.job import finalize, run_synthesis, trained_with_few_shot, work_dir
 from synpro_megatron.synthesis.journal import append_journal, journal_path, read_journal
@@ -303,11 +304,46 @@ def test_hf_backend_generates_real_text():
                                                prefill=True)], n=1, temperature=0, max_new_tokens=12, seed=0)
     assert filled[0][0].startswith(PREFILLS["reformat"].strip())
     assert len(filled[0][0]) > len(PREFILLS["reformat"].strip())  # and something was generated after it
+    # the worked example's names are forbidden where the document lacks them: greedy SmolLM2 answers
+    # a few-shot reformat prompt about keyboards with the example's own entry, and not with the ban
+    keyboards = ("Virtual keyboards let you type on a touch screen. The first phones with them appeared in 2007, "
+                 "and they replaced physical keys on most models within five years.")
+    ask = [render_messages("reformat", keyboards, few_shot=True)]
+    copied = backend.generate(ask, n=1, temperature=0, max_new_tokens=40, seed=0)[0][0]
+    assert "Millbrook" in copied
+    banned = backend.generate(ask, n=1, temperature=0, max_new_tokens=40, seed=0,
+                              banned_words=[example_words_absent_from(keyboards)])[0][0]
+    assert not any(w.lower() in banned.lower() for w in ("Millbrook", "greenhouse", "sawmill"))
     # few-shot prompts fit the window with room for the answer
     tok = backend.tokenizer
     few = tok.apply_chat_template(render_messages("rephrase", "x", few_shot=True), tokenize=False,
                                   add_generation_prompt=True)
     assert len(tok(few)["input_ids"]) < backend.context_length // 4
+
+
+def test_banned_words_hold_per_prompt_in_one_batch(tmp_path):
+    """HFBackend's banned words: a word one prompt forbids never completes in that prompt's samples
+    (n of them, from one batched call), while the other prompt's samples are what they were."""
+    from synpro_megatron.generators import HFBackend
+    from tiny_generator import make_tiny_generator
+
+    backend = HFBackend(make_tiny_generator(tmp_path / "gen"), batch_size=4, dtype="float32")
+    prompts = [render_messages("rephrase", "A short note about dogs."), render_messages("rephrase", "Cats sleep.")]
+    kw = dict(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
+    free = backend.generate(prompts, **kw)
+    tok = backend.tokenizer
+    # forbid words the first prompt's free samples wrote (multi-token ones included)
+    written = [w for w in free[0][0].split() if len(w) >= 4][:4]
+    assert written
+    banned = backend.generate(prompts, banned_words=[written, []], **kw)
+    for text in banned[0]:
+        ids = tok.encode(text, add_special_tokens=False)
+        for word in written:
+            for form in (word, " " + word):
+                seq = tok.encode(form, add_special_tokens=False)
+                assert not any(ids[i:i + len(seq)] == seq for i in range(len(ids) - len(seq) + 1)), (word, text)
+    assert banned[0] != free[0]
+    assert banned[1] == free[1]
 
 
 # ------------------------------------------------------------------------------------- selection

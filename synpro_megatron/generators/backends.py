@@ -5,6 +5,9 @@
 `prompts` is a list of chat conversations (lists of {"role", "content"} dicts); the result holds `n`
 completions per prompt (the assistant text only). A conversation that ends with an assistant
 message is a prefill: the model continues that message, and the returned text starts with it.
+`banned_words` (one list per prompt, or None) are words that prompt's completions may not contain:
+each word's last token is forbidden wherever the tokens before it would complete the word, with
+and without a leading space (vLLM's `bad_words` rule; HFBackend applies the same rule per row).
 Both backends also expose `.tokenizer` (the
 generator's Hugging Face tokenizer, used for chunking) and `.context_length`.
 
@@ -79,7 +82,8 @@ class GenerationBackend(Protocol):
     context_length: int
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]: ...
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0,
+                 banned_words: Optional[list[list[str]]] = None) -> list[list[str]]: ...
 
 
 def _offline_env() -> None:
@@ -211,6 +215,34 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def banned_token_sequences(tokenizer, words: list[str]) -> list[list[int]]:
+    """The token sequences of `words`, each with and without a leading space (as vLLM builds them)."""
+    seqs: list[list[int]] = []
+    for word in words:
+        for text in (word.lstrip(), " " + word.lstrip()):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and ids not in seqs:
+                seqs.append(ids)
+    return seqs
+
+
+class BannedWordsPerRow:
+    """A transformers logits processor: row r may not complete any token sequence of bans[r] in
+    what it generates (the prompt, which shows the example, does not count)."""
+
+    def __init__(self, bans: list[list[list[int]]], prompt_length: int):
+        self.bans, self.prompt_length = bans, prompt_length
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_length:].tolist()
+        for row, seqs in enumerate(self.bans):
+            for seq in seqs:
+                if len(seq) == 1 or (len(generated[row]) >= len(seq) - 1
+                                     and generated[row][len(generated[row]) - len(seq) + 1:] == seq[:-1]):
+                    scores[row, seq[-1]] = float("-inf")
+        return scores
+
+
 class HFBackend:
     """transformers `generate`; batched (left padding) for throughput on CPU."""
 
@@ -250,12 +282,14 @@ class HFBackend:
         return sorted(i for i in ids if i is not None)
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0,
+                 banned_words: Optional[list[list[str]]] = None) -> list[list[str]]:
         import torch
 
         texts = [render_chat(self.tokenizer, p) for p in prompts]
         prefills = [prefill_of(p) for p in prompts]
         stop_ids = self._stop_ids()
+        bans = [banned_token_sequences(self.tokenizer, words) for words in banned_words] if banned_words else None
         results: list[list[str]] = []
         self.last_generated_tokens = 0
         # One seed per batch, derived from `seed` and the batch position: the same call gives the
@@ -265,9 +299,17 @@ class HFBackend:
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(seed * 1_000_003 + start)
             sample = temperature > 0
+            processors = None
+            if bans and any(bans[start:start + self.batch_size]):
+                from transformers import LogitsProcessorList
+
+                # generate repeats each prompt n times in a row: row r samples prompt r // n
+                processors = LogitsProcessorList([BannedWordsPerRow(
+                    [bans[start + r // n] for r in range(len(batch) * n)], enc["input_ids"].shape[1])])
             with torch.no_grad():
                 out = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
+                    logits_processor=processors,
                     temperature=temperature if sample else None, top_p=top_p if sample else None,
                     top_k=0 if sample else None, eos_token_id=stop_ids, pad_token_id=self.tokenizer.pad_token_id,
                     repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None)
@@ -329,12 +371,14 @@ class VLLMBackend:
         self.last_generated_tokens = 0
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0,
+                 banned_words: Optional[list[list[str]]] = None) -> list[list[str]]:
         from vllm import SamplingParams
 
         # One seed per request: each prompt's samples do not depend on the batch it ran in.
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 repetition_penalty=repetition_penalty, seed=seed * 1_000_003 + i)
+                                 repetition_penalty=repetition_penalty, seed=seed * 1_000_003 + i,
+                                 bad_words=(banned_words[i] or None) if banned_words else None)
                   for i in range(len(prompts))]
         if not prompts:
             return []
@@ -413,9 +457,11 @@ class RemoteVLLMBackend:
         return reply
 
     def generate(self, prompts: list[list[dict]], n: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
+                 max_new_tokens: int = 512, seed: int = 0, repetition_penalty: float = 1.0,
+                 banned_words: Optional[list[list[str]]] = None) -> list[list[str]]:
         reply = self._call(op="generate", prompts=prompts, n=n, temperature=temperature, top_p=top_p,
-                           max_new_tokens=max_new_tokens, seed=seed, repetition_penalty=repetition_penalty)
+                           max_new_tokens=max_new_tokens, seed=seed, repetition_penalty=repetition_penalty,
+                           banned_words=banned_words)
         self.last_generated_tokens = int(reply["generated_tokens"])
         return reply["texts"]
 

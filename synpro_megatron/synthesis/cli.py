@@ -42,6 +42,9 @@ def register_cli(sub) -> None:
     s.add_argument("--few-shot", dest="few_shot", action="store_true", default=None,
                    help="prompts start with a worked example (default: as the generator was trained)")
     s.add_argument("--no-few-shot", dest="few_shot", action="store_false")
+    s.add_argument("--allow-example-words", action="store_true",
+                   help="with the worked example shown, do not forbid its own names and things "
+                        "(Millbrook, greenhouse, ...) in answers about documents that lack them")
     add_reward_model_flags(s, quality=False)
     s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
     s.add_argument("--no-clean", action="store_true",
@@ -111,7 +114,8 @@ def _synth_cli(args) -> int:
         backend=args.backend, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
-        candidates=args.candidates, few_shot=args.few_shot, prefill=args.prefill, clean=not args.no_clean,
+        candidates=args.candidates, few_shot=args.few_shot, ban_example_words=not args.allow_example_words,
+        prefill=args.prefill, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
         rank=args.rank, world_size=args.world_size, overlap_scoring=args.overlap_scoring,
         finalize_workers=args.finalize_workers)

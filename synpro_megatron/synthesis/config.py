@@ -31,6 +31,9 @@ class SynthesisConfig:
     repetition_penalty: Optional[float] = None
     candidates: int = 1  # samples per piece; the best passing one is kept
     few_shot: Optional[bool] = None  # show a worked example first; None: as the generator was trained
+    # with the example shown: forbid the example's own names and things the document does not
+    # contain (formats.EXAMPLE_WORDS), so a small generator cannot answer with the example's entries
+    ban_example_words: bool = True
     prefill: bool = False  # start the answer with the lead line / heading (the model continues it)
     clean: bool = True  # cut meta sentences, loops and cut-off tails / repeated and cut-off entries (cleanup.py)
     filter_entries: bool = True  # reformat: keep the entries that pass the gate on their own

@@ -76,7 +76,8 @@ def _fingerprint(cfg: SynthesisConfig, generator: str, source: str, selected: li
                    "select": cfg.select, "limit": cfg.limit, "documents": len(selected), "ids_sha256": ids_digest,
                    "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                    "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
-                   "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot, "prefill": cfg.prefill,
+                   "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot,
+                   "ban_example_words": cfg.ban_example_words, "prefill": cfg.prefill,
                    "clean": cfg.clean, "filter_entries": cfg.filter_entries, "max_source_tokens": cfg.max_source_tokens,
                    "align_threshold": cfg.faithfulness.align_threshold,
                    # every gate setting except the judge (a callable): a change means different outputs

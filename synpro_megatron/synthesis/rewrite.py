@@ -14,6 +14,7 @@ import time
 
 from synpro_megatron.generators.chunking import chunk_source, join_outputs, piece_token_budget
 from synpro_megatron.generators.cleanup import clean_rephrase, clean_reformat_entries
+from synpro_megatron.formats import example_words_absent_from
 from synpro_megatron.generators.prompts import parse_output, parse_reformat, reformat_to_text, render_messages
 from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch
 from synpro_megatron.synthesis.config import SynthesisConfig
@@ -124,11 +125,12 @@ def generate_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_i
     pieces = [chunk_source(d.text, count, budget, encode=lambda t: tok.encode(t, add_special_tokens=False),
                            decode=tok.decode) for d in docs]
     flat = [p for ps in pieces for p in ps]
+    banned = [example_words_absent_from(p) for p in flat] if cfg.few_shot and cfg.ban_example_words else None
     started = time.time()
     completions = backend.generate([render_prompt(cfg, p) for p in flat], n=cfg.candidates,
                                    temperature=cfg.temperature, top_p=cfg.top_p,
                                    max_new_tokens=cfg.max_new_tokens, seed=batch_seed(cfg, batch_index),
-                                   repetition_penalty=cfg.repetition_penalty)
+                                   repetition_penalty=cfg.repetition_penalty, banned_words=banned)
     return GeneratedBatch(batch_index, list(docs), pieces, [list(c) for c in completions],
                           int(getattr(backend, "last_generated_tokens", 0) or 0), started, time.time())
 
