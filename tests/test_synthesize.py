@@ -346,6 +346,42 @@ def test_banned_words_hold_per_prompt_in_one_batch(tmp_path):
     assert banned[1] == free[1]
 
 
+def test_cli_few_shot_reformat_bans_the_example_and_anchors_the_first_entry(tmp_path, monkeypatch):
+    """`synpro synthesize --few-shot --anchor-first-entry`: each reformat prompt the engine gets ends
+    with a first entry in its own piece's words, and forbids the worked example's names the piece lacks."""
+    from synpro_megatron.cli import main
+    from synpro_megatron.generators.backends import HFBackend
+    from synpro_megatron.generators.prompts import source_of
+    from tiny_generator import make_tiny_generator
+
+    calls = []
+    real_generate = HFBackend.generate
+
+    def recording(self, prompts, **kw):  # our backend still generates; the call is only recorded
+        calls.append((prompts, kw))
+        return real_generate(self, prompts, **kw)
+
+    monkeypatch.setattr(HFBackend, "generate", recording)
+    gen = make_tiny_generator(tmp_path / "gen")
+    rc = main(["synthesize", "--kind", "reformat", "--round", "1", "--generator", gen,
+               "--run-dir", str(tmp_path / "run"), "--source-jsonl", str(PACKAGED_SAMPLE), "--limit", "3", "--backend", "hf", "--few-shot",
+               "--anchor-first-entry", "--max-new-tokens", "8", "--max-source-tokens", "96"])
+    assert rc == 0
+    prompts = [p for ps, _ in calls for p in ps]
+    assert prompts and all(EXAMPLE_SOURCE in p[1]["content"] for p in prompts)
+    for prompt in prompts:
+        piece, last = source_of(prompt[:-1]), prompt[-1]
+        assert last["role"] == "assistant" and last["content"].startswith(f"{REFORMAT_HEADING}\nTopic (factual): ")
+        topic_line, content_line = last["content"].split("\n")[1:3]
+        topic = topic_line.split(": ", 1)[1]
+        assert topic.lower() in piece.lower() and content_line.startswith("Content: ")
+        assert content_line[len("Content: "):] in piece
+    bans = [b for _, kw in calls for b in kw["banned_words"]]
+    assert len(bans) == len(prompts) and all("Millbrook" in b and "greenhouse" in b for b in bans)
+    records = read_journal(work_dir(_config(tmp_path / "run", limit=3)) / "journal.rank0.jsonl")
+    assert len(records) == 3
+
+
 # ------------------------------------------------------------------------------------- selection
 
 class PieceParityBackend:

@@ -37,6 +37,9 @@ def test_vllm_cpu_generation_weight_refresh_and_synthesis(tmp_path, monkeypatch)
         assert len(greedy) == 1 and "Eiffel" in greedy[0][0]
         sampled = backend.generate(prompt, n=3, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=1)
         assert len(sampled[0]) == 3 and backend.last_generated_tokens > 0
+        # banned words reach the engine (vLLM's bad_words): greedy SmolLM2 names the tower, not with the ban
+        assert "Eiffel" not in backend.generate(prompt, n=1, temperature=0, max_new_tokens=16, seed=0,
+                                                banned_words=[["Eiffel"]])[0][0]
 
         # "trained" weights: the same folder with the embedding rows permuted (a large, known change)
         changed = tmp_path / "changed"

@@ -47,6 +47,9 @@ def register_cli(sub) -> None:
                         "(Millbrook, greenhouse, ...) in answers about documents that lack them")
     add_reward_model_flags(s, quality=False)
     s.add_argument("--prefill", action="store_true", help="start each answer with the lead line / heading")
+    s.add_argument("--anchor-first-entry", action="store_true",
+                   help="reformat: start each answer with a first entry in the document's own words (its first "
+                        "noun phrase as Topic, its first words as Content), for small generators")
     s.add_argument("--no-clean", action="store_true",
                    help="no clean-ups before the gate (meta sentences, loops, cut-off tails, repeated entries)")
     s.add_argument("--no-entry-filter", action="store_true",
@@ -115,7 +118,7 @@ def _synth_cli(args) -> int:
         max_source_tokens=args.max_source_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         candidates=args.candidates, few_shot=args.few_shot, ban_example_words=not args.allow_example_words,
-        prefill=args.prefill, clean=not args.no_clean,
+        prefill=args.prefill, anchor_first_entry=args.anchor_first_entry, clean=not args.no_clean,
         filter_entries=not args.no_entry_filter, seed=args.seed, tokenizer=args.tokenizer, restart=args.restart,
         rank=args.rank, world_size=args.world_size, overlap_scoring=args.overlap_scoring,
         finalize_workers=args.finalize_workers)

@@ -34,7 +34,11 @@ class SynthesisConfig:
     # with the example shown: forbid the example's own names and things the document does not
     # contain (formats.EXAMPLE_WORDS), so a small generator cannot answer with the example's entries
     ban_example_words: bool = True
-    prefill: bool = False  # start the answer with the lead line / heading (the model continues it)
+    prefill: bool = False
+    # reformat: start the answer with a first entry in the document's words (its first noun phrase as
+    # the Topic, its first words as the Content): a small generator then writes about the document
+    # instead of repeating the worked example's entries (rewrite.first_entry_anchor)
+    anchor_first_entry: bool = False  # start the answer with the lead line / heading (the model continues it)
     clean: bool = True  # cut meta sentences, loops and cut-off tails / repeated and cut-off entries (cleanup.py)
     filter_entries: bool = True  # reformat: keep the entries that pass the gate on their own
     seed: int = 1234

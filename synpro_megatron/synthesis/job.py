@@ -78,6 +78,7 @@ def _fingerprint(cfg: SynthesisConfig, generator: str, source: str, selected: li
                    "top_p": cfg.top_p, "candidates": cfg.candidates, "seed": cfg.seed,
                    "repetition_penalty": cfg.repetition_penalty, "few_shot": cfg.few_shot,
                    "ban_example_words": cfg.ban_example_words, "prefill": cfg.prefill,
+                   "anchor_first_entry": cfg.anchor_first_entry,
                    "clean": cfg.clean, "filter_entries": cfg.filter_entries, "max_source_tokens": cfg.max_source_tokens,
                    "align_threshold": cfg.faithfulness.align_threshold,
                    # every gate setting except the judge (a callable): a change means different outputs

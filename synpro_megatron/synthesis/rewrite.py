@@ -12,11 +12,12 @@ import dataclasses
 import hashlib
 import time
 
+from synpro_megatron.formats import example_words_absent_from
 from synpro_megatron.generators.chunking import chunk_source, join_outputs, piece_token_budget
 from synpro_megatron.generators.cleanup import clean_rephrase, clean_reformat_entries
-from synpro_megatron.formats import example_words_absent_from
-from synpro_megatron.generators.prompts import parse_output, parse_reformat, reformat_to_text, render_messages
-from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch
+from synpro_megatron.generators.prompts import (PREFILLS, REFORMAT_HEADING, parse_output, parse_reformat,
+                                                reformat_to_text, render_messages)
+from synpro_megatron.rewards.faithfulness import FaithfulnessConfig, faithfulness_batch, split_sentences
 from synpro_megatron.synthesis.config import SynthesisConfig
 from synpro_megatron.synthesis.sources import SourceDoc
 
@@ -33,8 +34,28 @@ def _token_counter(tokenizer):
     return count
 
 
+def first_entry_anchor(piece: str) -> str:
+    """The start of a reformat answer in the piece's own words: the heading, then a first entry whose
+    Topic is the first noun phrase of the piece's first sentence and whose Content starts with that
+    sentence's first words. Shown the worked example, the 135M generator answers most documents with
+    the example's own entries; started on the document, it stays on the document."""
+    from synpro_megatron.rewards.checks import spacy_parser
+
+    first = (split_sentences(piece) or [piece.strip()])[0]
+    if not first:
+        return PREFILLS["reformat"]
+    chunks = [c.text for c in spacy_parser()(first).noun_chunks]
+    topic = next((c for c in chunks if len(c.split()) >= 2), chunks[0] if chunks else " ".join(first.split()[:3]))
+    return (f"{REFORMAT_HEADING}\nTopic (factual): {topic[0].upper() + topic[1:]}\n"
+            f"Content: {' '.join(first.split()[:3])}")
+
+
 def render_prompt(cfg: SynthesisConfig, piece: str) -> list[dict]:
-    return render_messages(cfg.kind, piece, few_shot=bool(cfg.few_shot), prefill=cfg.prefill)
+    anchored = cfg.anchor_first_entry and cfg.kind == "reformat"
+    messages = render_messages(cfg.kind, piece, few_shot=bool(cfg.few_shot), prefill=cfg.prefill and not anchored)
+    if anchored:  # an assistant turn at the end is a prefill: the backends continue it
+        messages.append({"role": "assistant", "content": first_entry_anchor(piece)})
+    return messages
 
 
 def prompt_overhead(tokenizer, cfg: SynthesisConfig) -> int:
