@@ -78,3 +78,8 @@ def test_cli_and_loop_config_carry_the_model_flags():
     gen = GeneratorConfig(judge_model="/models/qwen3-judge", quality_model="/models/dataman")
     assert gen.reward_model_args("train") == ["--judge-model", "/models/qwen3-judge", "--quality-model", "/models/dataman"]
     assert gen.reward_model_args("synth") == ["--judge-model", "/models/qwen3-judge"]
+    gen = GeneratorConfig(verifier="train", verifier_rejects=True)  # the default verifier, built first when missing
+    assert gen.reward_model_args("synth") == ["--verifier", "train", "--verifier-rejects"] == gen.reward_model_args("train")
+    args = build_parser().parse_args(["synthesize", "--kind", "reformat", "--run-dir", "r", "--round", "1",
+                                      *gen.reward_model_args("synth")])
+    assert reward_configs(args)[0].verifier == "train" and reward_configs(args)[0].verifier_rejects

@@ -25,13 +25,12 @@ def test_pairs_cover_every_label_and_are_split_by_document():
 
 @pytest.mark.slow
 def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monkeypatch):
+    """`synpro train-verifier` and the gate's `--verifier train` build the same model from the same
+    recipe; the built default is then what rewards.faithfulness uses (once it has learned)."""
     import torch
 
-    a, b = tmp_path / "a", tmp_path / "b"
+    a = tmp_path / "a"
     assert synpro_main(["train-verifier", "--output", str(a), *TINY]) == 0
-    assert synpro_main(["train-verifier", "--output", str(b), *TINY]) == 0
-    sa, sb = Verifier(str(a)).model.state_dict(), Verifier(str(b)).model.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     labels, p_faithful = Verifier(str(a)).label_units("The bridge opened in 1932. It is 503 metres long.",
                                                       ["The bridge, 503 metres long, opened in 1932."])
     assert labels[0] in LABELS and 0.0 <= p_faithful[0] <= 1.0
@@ -40,25 +39,41 @@ def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monke
     labels, _ = Verifier(str(a)).label_units("The bridge opened in 1932. It is 503 metres long.", [long_unit])
     assert labels[0] in LABELS
 
-    # the cached default verifier is what rewards.faithfulness uses when nothing else is said
+    # --verifier train: the gate builds the default verifier when the cache lacks it (the real
+    # training, on TINY's recipe so that it takes seconds), once; auto never builds one
     monkeypatch.setenv("SYNPRO_CACHE", str(tmp_path / "cache"))
+    real_train, built = verifier_mod.train_verifier, []
+
+    def tiny_recipe(recipe=None, out_dir=None, log=print):
+        built.append(out_dir)
+        return real_train(VerifierRecipe(max_docs=4, epochs=1, sentences_per_doc=1, max_length=64, seed=3), out_dir, log)
+
+    monkeypatch.setattr(verifier_mod, "train_verifier", tiny_recipe)
+    source = "The bridge opened in 1932. It is 503 metres long and carries two railway lines."
+    rewrite = "Opened in 1932, the bridge is 503 metres long and carries two lines of railway."
+    assert "verifier_labels" not in faithfulness(source, rewrite).details and not built
+    first = faithfulness(source, rewrite, config=FaithfulnessConfig(verifier="train"))
     default = default_verifier_dir()
-    default.parent.mkdir(parents=True)
-    a.rename(default)
+    assert "verifier_labels" in first.details and built == [default]
+    again = faithfulness(source, rewrite, config=FaithfulnessConfig(verifier="train"))
+    assert again.details["verifier_labels"] == first.details["verifier_labels"] and len(built) == 1
+    # deterministic: the CLI's model and the gate's are the same weights
+    sa, sb = Verifier(str(a)).model.state_dict(), Verifier(str(default)).model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
     meta = json.loads((default / "synpro_verifier.json").read_text())
     held = meta["heldout"]  # measured on pairs from held-out documents when it was trained
     assert held["pairs"] > 0 and 0.0 <= held["balanced_accuracy"] <= 1.0
     # a verifier that has not learned the task (this 4-document one) does not gate by default
     if held["balanced_accuracy"] < verifier_mod.MIN_HELDOUT_BALANCED_ACCURACY:
-        plain = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
-                             "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.")
-        assert "verifier_labels" not in plain.details
+        assert "verifier_labels" not in faithfulness(source, rewrite).details
     monkeypatch.setattr(verifier_mod, "MIN_HELDOUT_BALANCED_ACCURACY", 0.0)
     verifier_mod._trusted.cache_clear()
-    result = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
-                          "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.")
-    assert "verifier_labels" in result.details and len(result.details["verifier_labels"]) >= 1
-    off = faithfulness("The bridge opened in 1932. It is 503 metres long and carries two railway lines.",
-                       "Opened in 1932, the bridge is 503 metres long and carries two lines of railway.",
-                       config=FaithfulnessConfig(verifier="off"))
-    assert "verifier_labels" not in off.details
+    assert "verifier_labels" in faithfulness(source, rewrite).details
+    assert "verifier_labels" not in faithfulness(source, rewrite, config=FaithfulnessConfig(verifier="off")).details
+    # the verifier's labels scale the score; they fail the gate only with verifier_rejects
+    forced = FaithfulnessConfig(verifier_threshold=1.01)  # every unit falls below it: labelled unfaithful
+    soft = faithfulness(source, rewrite, config=forced)
+    assert soft.passed and "Faithful" not in soft.details["verifier_labels"]
+    hard = faithfulness(source, rewrite, config=FaithfulnessConfig(verifier_threshold=1.01, verifier_rejects=True))
+    assert not hard.passed and any(r.startswith("verifier: ") for r in hard.reasons)

@@ -78,10 +78,17 @@ class GeneratorConfig:
     probe_args: List[str] = field(default_factory=list)  # passed verbatim to `synpro probe`
     judge_model: Optional[str] = None  # LLM faithfulness judge for train-generator and synthesize (--judge-model)
     quality_model: Optional[str] = None  # model-based quality scorer for train-generator (--quality-model)
+    # trained faithfulness verifier for train-generator and synthesize (--verifier): auto | train | off | folder
+    verifier: str = "auto"
+    verifier_rejects: bool = False  # --verifier-rejects: its Unfaithful labels fail the gate
 
     def reward_model_args(self, stage: str) -> List[str]:
-        """The --judge-model / --quality-model flags for `train` or `synth` commands."""
+        """The --judge-model / --quality-model / --verifier(-rejects) flags for `train` or `synth` commands."""
         args = ["--judge-model", self.judge_model] if self.judge_model else []
+        if self.verifier != "auto":
+            args += ["--verifier", self.verifier]
+        if self.verifier_rejects:
+            args.append("--verifier-rejects")
         if stage == "train" and self.quality_model:
             args += ["--quality-model", self.quality_model]
         return args

@@ -56,7 +56,11 @@ def add_reward_model_flags(p, quality: bool) -> None:
                    help="LLM faithfulness judge (model path; vLLM on GPU, transformers on CPU) labelling each "
                         "sentence/entry Faithful/Unfaithful_Topic/Unfaithful_Content; default: the trained verifier")
     p.add_argument("--verifier", default="auto",
-                   help="trained cross-encoder verifier: auto (the cached one when built), off, or a folder")
+                   help="trained cross-encoder verifier: auto (the cached default one when built and "
+                        "trusted), train (the default one, trained first when missing), off, or a folder")
+    p.add_argument("--verifier-rejects", action="store_true",
+                   help="a sentence/entry the verifier labels unfaithful fails the gate (default: its labels "
+                        "only scale the faithfulness score)")
     if quality:
         p.add_argument("--quality-model", default=None,
                        help="model-based quality scorer (DataMan-style rating prompt; model path), mixed with the heuristics")
@@ -67,5 +71,6 @@ def reward_configs(args):
     from synpro_megatron.rewards.faithfulness import FaithfulnessConfig
     from synpro_megatron.rewards.quality import QualityConfig
 
-    faith = FaithfulnessConfig(judge_model=args.judge_model, verifier=args.verifier)
+    faith = FaithfulnessConfig(judge_model=args.judge_model, verifier=args.verifier,
+                               verifier_rejects=args.verifier_rejects)
     return faith, QualityConfig(classifier_model=getattr(args, "quality_model", None))

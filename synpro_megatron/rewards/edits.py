@@ -66,9 +66,72 @@ def faithful_variants(sentence: str, next_sentence: Optional[str], rng: random.R
         out.append(("split", f"{halves[0]}. {halves[1][0].upper()}{halves[1][1:]}."))
     if next_sentence and len(next_sentence.split()) <= 30 and rng.random() < 0.5:
         out.append(("merge", f"{sentence.rstrip('.!?')}, and {next_sentence[0].lower()}{next_sentence[1:]}"))
+    para = paraphrase(sentence, rng)
+    if para:
+        out.append(("paraphrase", para))
     # boilerplate around the content stripped: the sentence with a leading "Posted by ..." removed is
     # itself; a boilerplate-prefixed copy is not an output we want, so only the stripped side is shown
     return out
+
+
+# Words a paraphrase may swap for one another without changing a fact: common verbs, adjectives,
+# adverbs and connectives only (no quantifier, negation, number, unit, month or name). Without
+# faithful pairs that bring in new words, a verifier learns "a word the source lacks is an error"
+# and rejects every real paraphrase (it rejected all 7 hand-written ones).
+_SYNONYMS = {
+    "big": "large", "large": "big", "small": "little", "buy": "purchase", "bought": "purchased",
+    "purchase": "buy", "help": "assist", "helps": "assists", "helped": "assisted", "start": "begin",
+    "started": "began", "starts": "begins", "begin": "start", "began": "started", "show": "demonstrate",
+    "shows": "demonstrates", "showed": "demonstrated", "use": "employ", "uses": "employs", "used": "employed",
+    "need": "require", "needs": "requires", "needed": "required", "get": "obtain", "gets": "obtains",
+    "got": "obtained", "make": "create", "makes": "creates", "made": "created", "important": "significant",
+    "main": "principal", "also": "additionally", "however": "but", "but": "yet", "because": "since",
+    "about": "regarding", "said": "stated", "says": "states", "tell": "inform", "told": "informed",
+    "think": "believe", "thinks": "believes", "thought": "believed", "quickly": "rapidly", "fast": "quick",
+    "easy": "simple", "simple": "easy", "hard": "difficult", "difficult": "hard", "great": "excellent",
+    "good": "fine", "beautiful": "lovely", "choose": "select", "chose": "selected", "pick": "choose",
+    "find": "locate", "found": "located", "try": "attempt", "tried": "attempted", "enough": "sufficient",
+    "maybe": "perhaps", "perhaps": "maybe", "near": "close to", "nearby": "close by", "around": "about",
+    "enjoy": "like", "enjoyed": "liked", "love": "adore", "loves": "adores", "offer": "provide",
+    "offers": "provides", "offered": "provided", "provide": "offer", "provides": "offers", "keep": "retain",
+    "kept": "retained", "allow": "permit", "allows": "permits", "allowed": "permitted", "ask": "request",
+    "asked": "requested", "answer": "reply", "build": "construct", "built": "constructed", "buildings": "structures",
+    "car": "automobile", "cars": "automobiles", "children": "kids", "kids": "children", "job": "position",
+    "jobs": "positions", "work": "labour", "home": "house", "town": "city", "region": "area", "area": "region",
+    "method": "approach", "way": "manner", "idea": "notion", "problem": "issue", "problems": "issues",
+    "issue": "problem", "issues": "problems", "goal": "aim", "goals": "aims", "result": "outcome",
+    "results": "outcomes", "rule": "regulation", "rules": "regulations", "aim": "goal", "trip": "journey",
+    "journey": "trip", "customers": "clients", "clients": "customers", "company": "firm", "firm": "company",
+    "shop": "store", "store": "shop", "begins": "starts", "finish": "complete", "finished": "completed",
+    "completed": "finished", "receive": "get", "received": "got", "explain": "describe", "explains": "describes",
+    "explained": "described", "include": "contain", "includes": "contains", "included": "contained",
+    "contains": "includes", "various": "different", "different": "distinct", "several": "a number of",
+    "recently": "lately", "currently": "now", "now": "currently", "often": "frequently", "usually": "typically",
+    "typically": "usually", "mostly": "mainly", "mainly": "mostly", "especially": "particularly",
+    "particularly": "especially", "very": "really", "really": "truly", "therefore": "so", "thus": "so",
+    "moreover": "also", "furthermore": "also", "despite": "in spite of", "although": "though",
+    "though": "although", "while": "whereas", "whether": "if", "among": "amongst", "within": "inside",
+}
+_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def paraphrase(sentence: str, rng: random.Random, max_swaps: int = 3) -> Optional[str]:
+    """The sentence with up to `max_swaps` words swapped for synonyms (_SYNONYMS), and sometimes a
+    connective in front: a faithful rewrite whose new words change no fact. None when nothing applies."""
+    spots = [m for m in _WORD_RE.finditer(sentence) if m.group(0).lower() in _SYNONYMS]
+    if not spots:
+        return None
+    chosen = sorted(rng.sample(spots, min(max_swaps, len(spots))), key=lambda m: m.start(), reverse=True)
+    out = sentence
+    for m in chosen:
+        word = m.group(0)
+        new = _SYNONYMS[word.lower()]
+        if word[0].isupper():
+            new = new[0].upper() + new[1:]
+        out = _replace_span(out, m.start(), m.end(), new)
+    if rng.random() < 0.25 and out[0].isupper() and not out.startswith(("I ", "I'")):
+        out = rng.choice(("In short, ", "Put simply, ", "In fact, ")) + out[0].lower() + out[1:]
+    return out if out != sentence else None
 
 
 # ------------------------------------------------------------------------------------ unfaithful
