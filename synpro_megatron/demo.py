@@ -66,12 +66,14 @@ def loop_config(pool: str, out: str, args) -> dict:
             # read the run's prepared pool, held-out documents excluded.
             "train_args": ["--steps", str(args.grpo_steps), "--num-prompts", "2", "--num-generations", "4",
                            "--max-source-tokens", "64", "--max-completion-length", "64"],
-            # --few-shot: a 135M generator follows a worked example far better than written rules.
+            # --few-shot: a 135M generator follows a worked example far better than written rules,
+            # but then answers with the example's own entries: --anchor-first-entry starts each
+            # reformat answer on the document (and synthesis bans the example's names by default).
             # Short pieces (reformat) and two samples per piece: the best faithful one of each is kept
             "synth_args": ["--select", f"top-loss:{args.synth_fraction}",
                            "--doc-losses", doc_losses, "--max-new-tokens", "160", "--max-source-tokens", "300",
                            "--batch-size", "8", "--temperature", "0.5", "--candidates", "2",
-                           "--repetition-penalty", "1.0", "--few-shot"],
+                           "--repetition-penalty", "1.0", "--few-shot", "--anchor-first-entry"],
         },
         "blend": {"organic": 0.6, "new_round": {"rephrase": 0.2, "reformat": 0.2}, "earlier_rounds": 0.0},
     }

@@ -35,7 +35,8 @@ class FakeReformatBackend:
         self.prompts_seen = 0
         self.last_generated_tokens = 0
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0,
+                 banned_words=None):
         out = []
         for messages in prompts:
             piece = source_of(messages)
@@ -364,7 +365,8 @@ def test_cli_few_shot_reformat_bans_the_example_and_anchors_the_first_entry(tmp_
     monkeypatch.setattr(HFBackend, "generate", recording)
     gen = make_tiny_generator(tmp_path / "gen")
     rc = main(["synthesize", "--kind", "reformat", "--round", "1", "--generator", gen,
-               "--run-dir", str(tmp_path / "run"), "--source-jsonl", str(PACKAGED_SAMPLE), "--limit", "3", "--backend", "hf", "--few-shot",
+               "--run-dir", str(tmp_path / "run"), "--source-jsonl", str(PACKAGED_SAMPLE), "--limit", "3",
+               "--backend", "hf", "--few-shot",
                "--anchor-first-entry", "--max-new-tokens", "8", "--max-source-tokens", "96"])
     assert rc == 0
     prompts = [p for ps, _ in calls for p in ps]
@@ -395,7 +397,8 @@ class PieceParityBackend:
         self.last_generated_tokens = 0
         self.prompts = []
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, repetition_penalty=1.0,
+                 banned_words=None):
         out = []
         for p, messages in enumerate(prompts):
             self.prompts.append(messages)

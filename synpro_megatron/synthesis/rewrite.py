@@ -146,12 +146,15 @@ def generate_batch(backend, docs: list[SourceDoc], cfg: SynthesisConfig, batch_i
     pieces = [chunk_source(d.text, count, budget, encode=lambda t: tok.encode(t, add_special_tokens=False),
                            decode=tok.decode) for d in docs]
     flat = [p for ps in pieces for p in ps]
-    banned = [example_words_absent_from(p) for p in flat] if cfg.few_shot and cfg.ban_example_words else None
+    # only asked for when there is something to forbid: a backend written to the older interface
+    # (without banned_words) still runs every other job
+    bans = ({"banned_words": [example_words_absent_from(p) for p in flat]}
+            if cfg.few_shot and cfg.ban_example_words else {})
     started = time.time()
     completions = backend.generate([render_prompt(cfg, p) for p in flat], n=cfg.candidates,
                                    temperature=cfg.temperature, top_p=cfg.top_p,
                                    max_new_tokens=cfg.max_new_tokens, seed=batch_seed(cfg, batch_index),
-                                   repetition_penalty=cfg.repetition_penalty, banned_words=banned)
+                                   repetition_penalty=cfg.repetition_penalty, **bans)
     return GeneratedBatch(batch_index, list(docs), pieces, [list(c) for c in completions],
                           int(getattr(backend, "last_generated_tokens", 0) or 0), started, time.time())
 
