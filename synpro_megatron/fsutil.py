@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Tuple
 
 
@@ -148,3 +149,10 @@ def dir_has_files(path: str) -> bool:
         if files:
             return True
     return False
+
+
+def cache_root() -> Path:
+    """Where converted models (SmolLM2) and trained verifiers live, outside any run directory:
+    $SYNPRO_CACHE, else $XDG_CACHE_HOME/synpro, else ~/.cache/synpro."""
+    return Path(os.environ.get("SYNPRO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "synpro"))

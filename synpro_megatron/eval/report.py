@@ -469,7 +469,7 @@ class ReportBuilder:
                                                            for p in dict.fromkeys(run.read)) if run.read
                          else f"* {run.label}: no log files found in `{run.run_dir}`")
             if run.missing:
-                lines.append(f"  (absent: " + ", ".join(f"`{os.path.relpath(p, run.run_dir)}`" for p in run.missing) + ")")
+                lines.append("  (absent: " + ", ".join(f"`{os.path.relpath(p, run.run_dir)}`" for p in run.missing) + ")")
         lines += [f"* note: {n}" for n in self.notes]
         path = os.path.join(self.out_dir, "report.md")
         write_text_atomic(path, "\n".join(lines).rstrip() + "\n")

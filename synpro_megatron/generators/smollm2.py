@@ -14,15 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from synpro_megatron.fsutil import cache_root
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    root = os.environ.get("SYNPRO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "synpro"
-    )
-    return Path(root)
 
 
 def gguf_path() -> Path:

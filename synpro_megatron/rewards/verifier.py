@@ -41,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from synpro_megatron.fsutil import cache_root
+
 LABELS = ("Faithful", "Unfaithful_Topic", "Unfaithful_Content")
 RECIPE_VERSION = 4  # 2: marked novel words, CLS + hypothesis-mean head; 3: paraphrase pairs; 4: function words unmarked
 HELD_OUT_BUCKET = 0  # doc id hash % 10 == this: never trained on
@@ -152,12 +154,6 @@ def _file_digest(path: str) -> str:
 def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     # the gate asks for the default verifier on every batch: hash the corpus once per version of it
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    # the same root as the converted SmolLM2 folder (generators/smollm2.py)
-    return Path(os.environ.get("SYNPRO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "synpro"))
 
 
 def default_verifier_dir(recipe: Optional[VerifierRecipe] = None) -> Path:
