@@ -7,9 +7,15 @@ The suite runs against its own cache root: the entries of the user's cache (the 
 folder, built once per machine) are linked in, but not the trained verifiers. Whether the default
 gate consults a verifier must not depend on whether someone ran `synpro train-verifier` on this
 machine (a trusted one scales every faithfulness score; CI once failed on exactly that). Tests of
-the verifier build their own.
+the verifier build their own. Under pytest-xdist the workers inherit the controller's root.
+
+`make test` runs the modules on two pytest-xdist workers, whole modules at a time (their module
+fixtures are built once). The modules are ordered by the seconds they took in a full run
+(module_seconds.json), longest first, so that the short ones fill the gaps at the end. The numbers
+only order the run; a module missing from the file goes last.
 """
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -21,8 +27,13 @@ from synpro_megatron.fsutil import cache_root
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+_SUITE_CACHE_VAR = "SYNPRO_TEST_SUITE_CACHE"
+
 
 def _suite_cache_root() -> str:
+    inherited = os.environ.get(_SUITE_CACHE_VAR)
+    if inherited and os.path.isdir(inherited):  # an xdist worker: the controller made it
+        return inherited
     user_root = cache_root()
     suite_root = tempfile.mkdtemp(prefix="synpro-test-cache-")
     atexit.register(shutil.rmtree, suite_root, ignore_errors=True)
@@ -30,7 +41,16 @@ def _suite_cache_root() -> str:
         for entry in user_root.iterdir():
             if not entry.name.startswith("verifier-"):
                 os.symlink(entry, os.path.join(suite_root, entry.name))
+    os.environ[_SUITE_CACHE_VAR] = suite_root
     return suite_root
 
 
 os.environ["SYNPRO_CACHE"] = _suite_cache_root()
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_seconds.json")) as _f:
+    MODULE_SECONDS = json.load(_f)
+
+
+def pytest_collection_modifyitems(config, items):
+    # stable: the tests of one module keep their order
+    items.sort(key=lambda item: -MODULE_SECONDS.get(os.path.basename(str(item.fspath)), -1))

@@ -5,7 +5,7 @@ prepare -> pretrain to a plateau -> probe -> one GRPO step per kind -> synthesis
 process). The second test reruns the loop from a crash image taken inside synthesis and must reach
 the same final state.
 
-The crash image: while the uninterrupted run is inside `synthesize:rephrase` with part of its journal
+The crash image: while the uninterrupted run is inside `synthesize:reformat` with part of its journal
 written, its whole process group (controller and stage) is frozen with SIGSTOP, the run directory and
 log are copied, and the run continues. On disk that copy is exactly what SIGKILL at that instant
 leaves behind, and it saves rerunning everything before synthesis (half of this file's time).
@@ -32,6 +32,7 @@ KINDS = ("rephrase", "reformat")
 GLOBAL_BATCH, SEQ = 4, 64
 PLATEAU_STEP = 4  # the first plateau check (see config): the round is blended in from sample 16
 SYNTH_LIMIT = 4  # documents each synthesis stage rewrites
+IMAGED_KIND = "reformat"  # the crash image is taken inside the last synthesis stage: the rerun is short
 
 
 def _short(text: str, limit: int = 320) -> str:
@@ -65,7 +66,7 @@ def loop_config(corpus: str) -> dict:
         "plateau": {"window": 1, "patience": 1, "rel_threshold": 10.0, "min_steps_after_refresh": 0},
         "generators": {
             "kinds": list(KINDS),
-            "train_args": ["--steps", "1", "--num-prompts", "2", "--num-generations", "4", "--max-source-tokens", "48",
+            "train_args": ["--steps", "1", "--num-prompts", "2", "--num-generations", "2", "--max-source-tokens", "48",
                            "--max-completion-length", "24"],
             # generation is most of this file's time: few documents
             "synth_args": ["--limit", str(SYNTH_LIMIT), "--batch-size", "2", "--max-new-tokens", "112", "--max-source-tokens",
@@ -107,7 +108,7 @@ def reference(setup):
     tmp, cfg_path = setup
     run_dir, log = str(tmp / "run"), str(tmp / "run.log")
     proc = synpro_run(cfg_path, run_dir, log)
-    journal = os.path.join(RunDir(run_dir).synthesis_work_dir(1, "rephrase"), "journal.rank0.jsonl")
+    journal = os.path.join(RunDir(run_dir).synthesis_work_dir(1, IMAGED_KIND), "journal.rank0.jsonl")
     deadline = time.time() + 1500
     while proc.poll() is None and time.time() < deadline:
         if os.path.exists(journal) and os.path.getsize(journal) > 0:
@@ -209,8 +210,8 @@ def test_rerun_from_a_crash_inside_a_stage_reaches_the_same_state(setup, referen
     shutil.copytree(str(tmp / "crash" / "run"), ref_run.root, symlinks=True)
     run, log = RunDir(ref_run.root), str(tmp / "killed.log")
     shutil.copyfile(str(tmp / "crash" / "run.log"), log)
-    journal = os.path.join(run.synthesis_work_dir(1, "rephrase"), "journal.rank0.jsonl")
-    assert read_json(run.state)["stage"] == "synthesize:rephrase"
+    journal = os.path.join(run.synthesis_work_dir(1, IMAGED_KIND), "journal.rank0.jsonl")
+    assert read_json(run.state)["stage"] == f"synthesize:{IMAGED_KIND}"
     done_before = {r["source_id"] for r in read_jsonl(journal)}
     assert done_before
 
@@ -221,4 +222,5 @@ def test_rerun_from_a_crash_inside_a_stage_reaches_the_same_state(setup, referen
     assert len({r["source_id"] for r in records}) == len(records) == SYNTH_LIMIT
     with open(log, errors="replace") as f:
         stages = re.findall(r"\[synpro loop\] stage (\S+)", f.read())
-    assert stages.count("synthesize:rephrase") == 2 and stages.count("probe") == 1
+    assert stages.count(f"synthesize:{IMAGED_KIND}") == 2 and stages.count("probe") == 1
+    assert stages.count("synthesize:rephrase") == 1  # finished before the crash: not rerun
