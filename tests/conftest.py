@@ -20,9 +20,17 @@ import os
 import shutil
 import tempfile
 
-import torch
+# Under pytest-xdist each worker (and every process a test starts) gets its share of the cores as
+# threads: with torch's default of one OpenMP thread per core in both workers, spinning threads
+# starved each other (the e2e loop took 640 s instead of 216 s serial).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
 
-from synpro_megatron.fsutil import cache_root
+import torch  # noqa: E402  (after the thread settings above)
+
+from synpro_megatron.fsutil import cache_root  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
