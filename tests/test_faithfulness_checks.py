@@ -122,6 +122,61 @@ def test_wrong_topic_over_correct_content_fails(docs):  # noqa: F811
     assert not bad.passed and any(r.startswith("topic:") for r in bad.reasons), bad.reasons
 
 
+
+PRACTICE = ("She was the first Queensland-born woman to graduate in medicine. Although she met opposition from some "
+            "male colleagues, her bright personality and attentive care gradually attracted patients, and she built up "
+            "a successful practice. For the first time since Fuji TV cancelled Pride, the league's president spoke "
+            "with the press.")
+
+
+@pytest.mark.parametrize("rewrite,kind", [
+    # subject and object traded by word order: the parser reads the two sentences differently
+    ("She was the first woman born in Queensland to graduate in medicine. Although she met opposition from some "
+     "male colleagues, patients and attentive care gradually attracted her bright personality, and she built up a "
+     "successful practice.", "relation"),
+    # a name of the source put where the source names another one
+    ("Although she met opposition from some male colleagues, her bright personality and attentive care gradually "
+     "attracted patients. For the first time since Fuji TV cancelled Fuji TV, the league's president spoke with "
+     "the press.", "entity"),
+])
+def test_word_order_reversal_and_a_name_put_over_another_fail(rewrite, kind):
+    bad = faithfulness(PRACTICE, rewrite, config=OFF)
+    assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
+
+
+@pytest.mark.parametrize("source,rewrite", [
+    (PRACTICE, "She was the first woman born in Queensland to graduate in medicine. Patients were gradually attracted "
+               "by her bright personality and attentive care, although some male colleagues opposed her, and she "
+               "built up a successful practice."),  # passive voice: the same relation
+    ("Profits rose sharply in the third quarter, the company said, after Microsoft bought LinkedIn.",
+     "The company said profits rose sharply in the third quarter after Microsoft bought LinkedIn."),  # who said it
+    ("Tencent released the official version of PlayerUnknown's Battlegrounds (PUBG) on iOS and Android this week.",
+     "This week Tencent released the official version of PUBG on iOS and Android."),  # the source's own alias
+])
+def test_voice_reporting_order_and_aliases_pass(source, rewrite):
+    from synpro_megatron.rewards.checks import check_entity_replacements, check_order_swaps, analyse_many
+
+    src, out = analyse_many([source, rewrite])
+    assert check_order_swaps(src, out) == [] and check_entity_replacements(src, out) == []
+
+
+def test_a_topic_lifted_from_the_sentence_before_fails(docs):  # noqa: F811
+    """A lead-in may title the entry after it in its own words ("Competition from other Chinese companies"
+    over the NetEase entry passes above); its noun phrase lifted word for word over content that shares
+    no word with it names the lead-in instead."""
+    source = ("No Cardinal advanced past second base in the game. The shutout was the first this season against the "
+              "Cardinals. He improved to 10-0 in 12 starts, with three complete games and one shutout. He has a "
+              "3.12 ERA in 80.2 innings of work, with 97 strikeouts against just 31 walks. The team travels to "
+              "Denver on Friday for a three-game series against the Rockies.")
+    right = ("Topic: A dominant pitching performance\nContent: No Cardinal advanced past second base in the game.\n\n"
+             "Topic: A shutout this season\nContent: The shutout was the first this season against the "
+             "Cardinals.\n\nTopic: An unbeaten record\nContent: He improved to 10-0 in 12 starts, with three "
+             "complete games and one shutout.")
+    assert faithfulness(source, right, kind="reformat", config=OFF).passed
+    wrong = right.replace("A shutout this season", "Second base")
+    bad = faithfulness(source, wrong, kind="reformat", config=OFF)
+    assert not bad.passed and any(r.startswith("topic:") for r in bad.reasons), bad.reasons
+
 def test_coverage_separates_a_partial_rewrite_from_a_full_one(docs):  # noqa: F811
     source = docs["c4a-00009"]
     paragraphs = SYSCO_FAITHFUL.split("\n")

@@ -717,8 +717,118 @@ def check_additions(src: Analysis, out: Analysis) -> list[Finding]:
     return findings
 
 
-ALL_CHECKS = (check_numbers, check_dates, check_entities, check_attachments, check_relations, check_negation,
-              check_quantifiers, check_additions)
+# verbs of saying: "A said B did X" and "B did X, said A" are the same claim
+_REPORTING = frozenset({"say", "add", "note", "explain", "write", "report", "claim", "state", "announce", "reply",
+                        "ask", "answer", "tell", "be", "have"})
+
+
+def _is_passive(verb) -> bool:
+    return any(c.dep_ in ("auxpass", "nsubjpass", "agent") for c in verb.children)
+
+
+def _chunk_keys(sent, verb) -> tuple[set, set]:
+    """The noun phrases (by their text, pronouns left out) before and after `verb` in its sentence."""
+    before, after = set(), set()
+    for chunk in sent.noun_chunks:
+        if chunk.root.pos_ == "PRON" or chunk.start <= verb.i < chunk.end:
+            continue
+        key = " ".join(t.lower_ for t in chunk if not t.is_stop and t.is_alpha)
+        if key:
+            (before if chunk.end <= verb.i else after).add(key)
+    return before, after
+
+
+def check_order_swaps(src: Analysis, out: Analysis) -> list[Finding]:
+    """A relation reversed by word order, for sentences the parser reads differently than their source
+    ("patients and care attracted her bright personality" for "her bright personality and care attracted
+    patients"): the same verb, in the same voice, with a phrase that came before it now after it and
+    one that came after it now before it."""
+    findings = []
+    for oi, sent in enumerate(out.sentences):
+        matches, best = matching_sentences(src, out, oi)
+        if best < 0.6:
+            continue
+        out_verbs = {}
+        for tok in sent:
+            if tok.pos_ == "VERB" and _lemma(tok) not in _REPORTING:
+                out_verbs.setdefault(_lemma(tok), []).append(tok)
+        for j in matches:
+            for tok in src.sentences[j]:
+                lemma = _lemma(tok)
+                if tok.pos_ != "VERB" or len(out_verbs.get(lemma, ())) != 1:
+                    continue
+                if sum(1 for t in src.sentences[j] if _lemma(t) == lemma) != 1:
+                    continue
+                verb = out_verbs[lemma][0]
+                if _is_passive(tok) != _is_passive(verb):
+                    continue
+                src_before, src_after = _chunk_keys(src.sentences[j], tok)
+                out_before, out_after = _chunk_keys(sent, verb)
+                moved_back = (src_before & out_after) - out_before
+                moved_front = (src_after & out_before) - out_after
+                if moved_back and moved_front:
+                    a, b = sorted(moved_front)[0], sorted(moved_back)[0]
+                    findings.append(Finding("relation", f"'{a} ... {lemma} ... {b}' reverses the source's "
+                                                        f"'{b} ... {lemma} ... {a}'"))
+                    break
+    return findings
+
+
+def _words_of(tokens) -> list[str]:
+    return [t.lower_ for t in tokens if not t.is_punct and not t.is_space]
+
+
+def check_entity_replacements(src: Analysis, out: Analysis) -> list[Finding]:
+    """A name put in place of another name the source gives in that sentence, read from the word-level
+    difference of an output sentence and the source sentence it closely follows: "since Fuji TV
+    cancelled Fuji TV" for "since Fuji TV cancelled Pride", "Warrawee Park shops" for "Andrew Place
+    shops". The new name is one the source uses elsewhere (a name the source lacks is check_entities')."""
+    import difflib
+
+    findings = []
+    src_names = {" ".join(_words_of(e)) for e in src.doc.ents if e.label_ in _ENTITY_LABELS}
+    for oi, sent in enumerate(out.sentences):
+        matches, best = matching_sentences(src, out, oi, keep=1.0)
+        if best < 0.7 or not matches:
+            continue
+        src_sent = src.sentences[matches[0]]
+        a_toks = [t for t in src_sent if not t.is_punct and not t.is_space]
+        b_toks = [t for t in sent if not t.is_punct and not t.is_space]
+        sm = difflib.SequenceMatcher(None, [t.lower_ for t in a_toks], [t.lower_ for t in b_toks], autojunk=False)
+        if sm.ratio() < 0.6:
+            continue
+        for tag, i1, i2, j1, j2 in sm.get_opcodes():
+            if tag != "replace":
+                continue
+            old, new = a_toks[i1:i2], b_toks[j1:j2]
+            old_text, new_text = " ".join(t.lower_ for t in old), " ".join(t.lower_ for t in new)
+            if not (any(t.ent_type_ in _ENTITY_LABELS for t in old) and all(t.text[:1].isupper() for t in new
+                                                                            if t.is_alpha and not t.is_stop)):
+                continue
+            new_name = next((n for n in src_names if n and (new_text == n or new_text.endswith(" " + n)
+                                                             or n.endswith(" " + new_text))), None)
+            if new_name is None or set(old_text.split()) & set(new_text.split()):
+                continue
+            initials = "".join(w[0] for w in old_text.split())
+            if new_text.replace(" ", "") in (initials, initials.rstrip("s")):  # an abbreviation of the old name
+                continue
+            if _named_together(src.text, old_text, new_text):
+                continue
+            findings.append(Finding("entity", f"'{' '.join(t.text for t in new)}' stands where the source names "
+                                              f"'{' '.join(t.text for t in old)}'"))
+    return findings
+
+
+def _named_together(text: str, a: str, b: str) -> bool:
+    """One name given as the other's alias in the source: "PlayerUnknown's Battlegrounds (PUBG)",
+    "Novak Djokovic, also known as Nole" ("Italian and French" names two things, not one)."""
+    low = re.sub(r"\s+", " ", re.sub(r"[^\w()]+", " ", text.lower()))
+    alias = r" ?\( ?| (?:also known as|aka|formerly|or|now) "
+    return any(re.search(re.escape(x) + f"(?:{alias})" + re.escape(y), low) for x, y in ((a, b), (b, a)))
+
+
+ALL_CHECKS = (check_numbers, check_dates, check_entities, check_entity_replacements, check_attachments,
+              check_relations, check_order_swaps, check_negation, check_quantifiers, check_additions)
 
 
 def structured_findings(source: str, output: str) -> list[Finding]:
@@ -815,7 +925,22 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
             # (the sentence just before the content is its lead-in: "But Tencent may find its main
             # competition ... from other Chinese companies" may title the NetEase entry that follows)
             lead_in = any(t - 2 <= j < t and para_of[j] == para_of[t] for t in top)
+            # ... but a lead-in's own phrase lifted word for word ("Second base" over the sentence after
+            # "No Cardinal advanced past second base") names the lead-in, not this entry
+            if lead_in and _lifted_phrase(topic, sent):
+                lead_in = False
             if j not in top and not lead_in and _overlap(words, lem, {w[:k] for w in lem for k in (5, 6) if len(w) > k}) >= 1.0:
                 return [Finding("topic", f"topic {topic[:60]!r} shares no word with its content and names what "
                                          f"another source sentence says ({sent.text.strip()[:50]!r})")]
     return []
+
+
+def _lifted_phrase(topic: str, sent) -> bool:
+    """The topic is a noun phrase of `sent`, word for word (leading determiners aside)."""
+    words = [w for w in re.findall(r"[a-z0-9']+", topic.lower())]
+    while words and words[0] in ("the", "a", "an", "this", "that", "these", "those", "its", "their", "his", "her"):
+        words = words[1:]
+    if len(words) < 2:
+        return False
+    phrase = " ".join(words)
+    return any(phrase in " ".join(re.findall(r"[a-z0-9']+", chunk.text.lower())) for chunk in sent.noun_chunks)
