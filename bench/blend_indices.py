@@ -156,8 +156,8 @@ def main(argv=None) -> int:
         best_k = measure_interleaved({"megatron": lambda: run_megatron(ns, raw),
                                       "ours": lambda: build_blend_indices(schedule, ns, backend="cpp")}, args.repeats)
         (tm, mm), (to, mo) = best_k["megatron"], best_k["ours"]
-        rows.append((f"megatron-core build_blending_indices", f"constant, {k} sources", ns, tm, mm, None))
-        rows.append((f"synpro build_blend_indices (C++)", f"constant, {k} sources", ns, to, mo, tm / to))
+        rows.append(("megatron-core build_blending_indices", f"constant, {k} sources", ns, tm, mm, None))
+        rows.append(("synpro build_blend_indices (C++)", f"constant, {k} sources", ns, to, mo, tm / to))
 
     print(f"# blend indices, 3 sources unless noted, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"best of {args.repeats}; outputs identical to megatron-core: {identical}")

@@ -114,7 +114,7 @@ def main():
         base = ms["reference op (fp32 projections + segmented v^T u)"]
         nbytes = x.numel() * x.element_size() + g.numel() * g.element_size()
         print(f"\ndtype {str(dtype).replace('torch.', '')}; x + g = {nbytes / 2**20:.1f} MiB")
-        print(f"| method | median ms | time / reference op |" + (" GB/s (x+g) | % of copy bw |"
+        print("| method | median ms | time / reference op |" + (" GB/s (x+g) | % of copy bw |"
                                                                  if copy_bw else ""))
         print("|---|---|---|" + ("---|---|" if copy_bw else ""))
         for name, t in ms.items():

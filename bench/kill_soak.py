@@ -276,7 +276,6 @@ def main() -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "kills"}, indent=1))
         return 0 if not result["differences"] else 1
 
-    t0 = time.time()
     ref_info = os.path.join(out, "reference_timing.json")
     if args.reuse_reference and os.path.exists(ref_info):
         with open(ref_info) as f:
