@@ -18,6 +18,7 @@ import atexit
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 # Under pytest-xdist each worker (and every process a test starts) gets its share of the cores as
@@ -28,6 +29,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, _threads)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after the thread settings above)
 
 from synpro_megatron.fsutil import cache_root  # noqa: E402
@@ -62,3 +64,16 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_secon
 def pytest_collection_modifyitems(config, items):
     # stable: the tests of one module keep their order
     items.sort(key=lambda item: -MODULE_SECONDS.get(os.path.basename(str(item.fspath)), -1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clean_process_after_module():
+    """A module that loads a checkpoint in-process (the probe's tests) keeps the gloo group, Megatron's
+    parallel state and the CPU patches for its later tests, as a user's process would. The next module
+    must find the process clean whatever order the modules run in (a module fixture that calls
+    init_process_group failed when it came after them)."""
+    yield
+    if "synpro_megatron.pretrain.trainer" in sys.modules:
+        sys.modules["synpro_megatron.pretrain.trainer"].destroy_distributed()
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
