@@ -671,6 +671,10 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
         elif (out.negations[oi] and not any(src.negations[j] for j in near) and not src_negative
               and not any(src.negative[j] for j in near)):
             findings.append(Finding("negation", f"negation added: {text!r}"))
+        elif best >= 0.7 and out.negations[oi] > sum(src.negations[j] for j in matches) and not src_negative:
+            # a close rewrite with more negations than the sentences it rewrites: "is not the largest of
+            # the chameleons not native to Madagascar" for "is the largest of the chameleons not native ..."
+            findings.append(Finding("negation", f"negation added: {text!r}"))
     return findings
 
 
