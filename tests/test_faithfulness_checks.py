@@ -76,25 +76,29 @@ def test_negation_dropped_and_quantifier_changed(old, new, kind):
     assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
 
 
+def assert_edit_fails(source, faithful, old, new, kind):
+    """The faithful rewrite passes; with `old` replaced by `new` it fails with a reason of `kind`."""
+    ok = faithfulness(source, faithful, config=OFF)
+    assert ok.passed, ok.reasons
+    bad = faithfulness(source, faithful.replace(old, new), config=OFF)
+    assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), (old, bad.reasons)
+
 
 def test_a_negation_added_next_to_one_the_source_has_fails():
     source = ("Each species shows distinct colour patterns to signal its mood. The Meller's chameleon is the largest "
               "of the chameleons not native to Madagascar. Its stout body can grow to two feet long.")
     faithful = ("Every species signals its mood with distinct colour patterns. Of the chameleons not native to "
                 "Madagascar, the Meller's chameleon is the largest. Its stout body can reach two feet in length.")
-    assert faithfulness(source, faithful, config=OFF).passed, faithfulness(source, faithful, config=OFF).reasons
-    bad = faithfulness(source, faithful.replace("chameleon is the largest", "chameleon is not the largest"), config=OFF)
-    assert not bad.passed and any(r.startswith("negation:") for r in bad.reasons), bad.reasons
+    assert_edit_fails(source, faithful, "chameleon is the largest", "chameleon is not the largest", "negation")
+
 
 def test_scores_are_one_figure_and_number_words_are_placed():
     source = ("Azarenka beat Stephens 6-1, 6-4 in the semi-final. Murray needed four and a half hours to beat Federer, "
               "who had rested for two days.")
     faithful = ("In the semi-final Azarenka defeated Stephens 6-1, 6-4. It took Murray four and a half hours to beat "
                 "Federer, who had two days of rest.")
-    assert faithfulness(source, faithful, config=OFF).passed, faithfulness(source, faithful, config=OFF).reasons
     for old, new in (("6-4", "6-2"), ("four and a half", "two and a half")):
-        bad = faithfulness(source, faithful.replace(old, new), config=OFF)
-        assert not bad.passed and any(r.startswith("number:") for r in bad.reasons), (old, bad.reasons)
+        assert_edit_fails(source, faithful, old, new, "number")
 
 
 def test_currency_abbreviation_amounts_are_checked():

@@ -941,7 +941,7 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
 
 def _lifted_phrase(topic: str, sent) -> bool:
     """The topic is a noun phrase of `sent`, word for word (leading determiners aside)."""
-    words = [w for w in re.findall(r"[a-z0-9']+", topic.lower())]
+    words = re.findall(r"[a-z0-9']+", topic.lower())
     while words and words[0] in ("the", "a", "an", "this", "that", "these", "those", "its", "their", "his", "her"):
         words = words[1:]
     if len(words) < 2:
