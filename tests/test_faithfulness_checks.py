@@ -76,11 +76,12 @@ def test_negation_dropped_and_quantifier_changed(old, new, kind):
     assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), bad.reasons
 
 
-def assert_edit_fails(source, faithful, old, new, kind):
+def assert_edit_fails(source, faithful, old, new, kind, output_kind="rephrase"):
     """The faithful rewrite passes; with `old` replaced by `new` it fails with a reason of `kind`."""
-    ok = faithfulness(source, faithful, config=OFF)
+    assert old in faithful, "the edit must apply to the faithful rewrite"
+    ok = faithfulness(source, faithful, kind=output_kind, config=OFF)
     assert ok.passed, ok.reasons
-    bad = faithfulness(source, faithful.replace(old, new), config=OFF)
+    bad = faithfulness(source, faithful.replace(old, new), kind=output_kind, config=OFF)
     assert not bad.passed and any(r.startswith(f"{kind}:") for r in bad.reasons), (old, bad.reasons)
 
 
@@ -90,6 +91,24 @@ def test_a_negation_added_next_to_one_the_source_has_fails():
     faithful = ("Every species signals its mood with distinct colour patterns. Of the chameleons not native to "
                 "Madagascar, the Meller's chameleon is the largest. Its stout body can reach two feet in length.")
     assert_edit_fails(source, faithful, "chameleon is the largest", "chameleon is not the largest", "negation")
+
+
+def test_a_price_or_a_negative_word_next_door_excuses_no_not():
+    """"free" as a price may become "costs nothing", but excuses no "not" on a predicate; "rather than"
+    in another sentence excuses no "not" on a predicate of this one (both slipped through before)."""
+    source = ("Capital Services has launched a new community discount card program called Capital Advantage. The "
+              "program is free and easy to use, and members can start saving at once. Click the My Capital Advantage "
+              "tab for more information.")
+    faithful = ("Capital Services has started a new community discount card program, Capital Advantage. The program "
+                "costs nothing and is easy to use, and members can begin saving right away. More information is under "
+                "the My Capital Advantage tab.")
+    assert_edit_fails(source, faithful, "members can begin", "members can not begin", "negation")
+    assert_edit_fails(source, faithful, "The program costs nothing and is", "The program is not free and is", "negation")
+    source = ("'In terms of' confuses, rather than clarifies, your sentences and their meaning. How would these terms "
+              "make the meaning of a sentence any clearer? So we do not want to hear any more 'in terms of' sentences.")
+    faithful = ("How would these terms make the meaning of a sentence clearer? 'In terms of' confuses your sentences "
+                "and their meaning rather than clarifying them. So we do not want to hear more 'in terms of' sentences.")
+    assert_edit_fails(source, faithful, "these terms make", "these terms not make", "negation")
 
 
 def test_scores_are_one_figure_and_number_words_are_placed():
@@ -190,6 +209,23 @@ def test_a_topic_lifted_from_the_sentence_before_fails(docs):  # noqa: F811
     wrong = right.replace("A shutout this season", "Second base")
     bad = faithfulness(source, wrong, kind="reformat", config=OFF)
     assert not bad.passed and any(r.startswith("topic:") for r in bad.reasons), bad.reasons
+
+
+def test_a_noun_the_sentence_before_mentions_in_passing_is_no_title(docs):  # noqa: F811
+    """One word lifted from the lead-in fails when the lead-in only mentions it after a preposition
+    ("spoke with the press"); the lead-in's theme may title the next entry ("Competition" over NetEase)."""
+    source = ("For the first time since Fuji TV cancelled Pride earlier this week, DSE President Nobuyuki Sakakibara "
+              "spoke with the press. Fuji TV also announced that fighters associated with Pride cannot appear on any "
+              "Fuji TV program.")
+    right = ("Topic: Sakakibara speaks after the cancellation\nContent: DSE President Nobuyuki Sakakibara spoke with the "
+             "press for the first time since Fuji TV cancelled Pride earlier this week.\n\nTopic: A ban from Fuji TV "
+             "programs\nContent: Fuji TV also announced that fighters associated with Pride cannot appear on any Fuji "
+             "TV program.")
+    assert_edit_fails(source, right, "A ban from Fuji TV programs", "The press", "topic", output_kind="reformat")
+    theme = PUBG_REFORMAT.replace("Competition from other Chinese companies", "Competition")
+    result = faithfulness(docs["c4a-00038"], theme, kind="reformat", config=OFF)
+    assert result.passed, result.reasons
+
 
 def test_coverage_separates_a_partial_rewrite_from_a_full_one(docs):  # noqa: F811
     source = docs["c4a-00009"]

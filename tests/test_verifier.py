@@ -77,3 +77,32 @@ def test_train_verifier_is_deterministic_and_is_the_default_gate(tmp_path, monke
     assert soft.passed and "Faithful" not in soft.details["verifier_labels"]
     hard = faithfulness(source, rewrite, config=FaithfulnessConfig(verifier_threshold=1.01, verifier_rejects=True))
     assert not hard.passed and any(r.startswith("verifier: ") for r in hard.reasons)
+
+
+def test_a_wrong_topic_shares_no_word_with_its_content():
+    """The Unfaithful_Topic pairs (and the bench's wrong topics) take a noun phrase of another sentence
+    that shares no word with the content: "Kiosk Mode" over 'Exit Kiosk" option' or "Your sentences"
+    over "the sentence" would be weak topics, not wrong ones (both were drawn as wrong before)."""
+    import random
+    import re
+
+    from synpro_megatron.rewards.edits import topics
+
+    def forms(text):
+        return {w.rstrip("s") for w in re.findall(r"[a-z0-9]+", text.lower())}
+
+    cases = [('When you hit the "Require Passcode to Exit Kiosk" option, this screen will pop up.',
+              ["This setting ensures that the app remains in Kiosk Mode during the event."]),
+             ("How would these terms make the meaning of the sentence any clearer?",
+              ["'In terms of' confuses, rather than clarifies, your sentences and their meaning."]),
+             ("Fuji TV also announced that fighters cannot appear on any Fuji TV program.",
+              ["DSE President Nobuyuki Sakakibara spoke with the press this week."])]
+    drawn = []
+    for content, others in cases:
+        for seed in range(8):
+            right, wrong = topics(content, others, random.Random(seed))
+            assert right and forms(right) <= forms(content)
+            if wrong:
+                assert not forms(wrong) & forms(content), (wrong, content)
+                drawn.append(wrong)
+    assert drawn, "a topic from a sentence sharing no word must still be drawn"

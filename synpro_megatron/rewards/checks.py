@@ -211,6 +211,7 @@ _QUANTIFIER_GROUPS = {
 _NEGATIVE_WORDS = frozenset({"against", "refuse", "decline", "deny", "fail", "reject", "lack", "instead", "rather",
                              "absent", "unable", "avoid", "stop", "cease", "abandon", "terminate", "unlikely",
                              "rule", "drop", "miss", "lose", "free", "ban", "prevent", "forbid", "only"})
+_DETERMINER_NEGATIONS = frozenset({"no", "nothing", "none", "without"})
 _NEGATIVE_NON_VERBS = frozenset({"against", "instead", "rather", "absent", "unable", "unlikely", "free", "lack",
                                  "only"})
 _STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "none", "few", "rarely"})
@@ -407,6 +408,11 @@ def _negates_clause(tok) -> bool:
         return False
     if tok.pos_ == "VERB":
         return any(c.dep_ in ("xcomp", "ccomp", "prep", "prt", "pcomp") for c in tok.children)
+    if lemma == "free":  # "sugar-free", "free of charge" say "without"; "is free", "for free" are a price
+        return (tok.i > 0 and tok.doc[tok.i - 1].text == "-") or any(
+            c.dep_ == "prep" and c.lower_ in ("of", "from") for c in tok.children)
+    if lemma == "against":  # "decided against it", "voted against"; "abuse against 10 boys" negates nothing
+        return tok.head.pos_ in ("VERB", "AUX")
     return lemma in _NEGATIVE_NON_VERBS  # "a ban" or "the drop" is no negation; "instead", "unable" are
 
 
@@ -656,17 +662,23 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
         text = sent.text.strip()[:90]
         near = _window(matches, len(src.sentences))
         src_negative = any(src.negative[j] for j in matches)  # "refused to sign" may become "did not sign"
+        # a price ("is free", "for free") may be said as "no cost" or "nothing", not with a "not"
+        if not src_negative and any(t.lower_ == "free" for j in matches for t in src.sentences[j]):
+            src_negative = all(t.lower_ in _DETERMINER_NEGATIONS for t in sent if _is_negation(t))
 
         def polarity(v):  # True/False when the matched source sentences use v with one polarity only
             seen = {src.predicates[j][v] for j in matches if v in src.predicates[j]}
             return seen.pop() if len(seen) == 1 else None
 
         dropped = sorted(v for v, neg in out.predicates[oi].items() if not neg and polarity(v) is True)
+        # a negative word excuses a negated predicate only in a source sentence that has the predicate:
+        # "refused to sign" -> "did not sign", but "rather than clarifies" next door excuses nothing
         added = sorted(v for v, neg in out.predicates[oi].items() if neg and polarity(v) is False
-                       and not any(src.predicates[j].get(v) for j in near))
+                       and not any(src.predicates[j].get(v) for j in near)
+                       and not any(src.negative[j] for j in matches if v in src.predicates[j]))
         if dropped and not out.negative[oi]:
             findings.append(Finding("negation", f"'{dropped[0]}' is negated in the source, not here: {text!r}"))
-        elif added and not src_negative:
+        elif added:
             findings.append(Finding("negation", f"'{added[0]}' is negated here, not in the source: {text!r}"))
         elif (out.negations[oi] and not any(src.negations[j] for j in near) and not src_negative
               and not any(src.negative[j] for j in near)):
@@ -923,7 +935,8 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
     said = c.all_lemmas | {_lemma(tok) for j in top for tok in src.sentences[j]}
     if words and _overlap(words, said, c.stems | {w[:k] for w in said for k in (5, 6) if len(w) > k}) == 0:
         for j, sent in enumerate(src.sentences):
-            lem = {_lemma(tok) for tok in sent}
+            # word forms too: the topic's "best" is parsed alone, the sentence's lemmatised to "good"
+            lem = {_lemma(tok) for tok in sent} | {tok.lower_ for tok in sent}
             # all of its words: an abstract topic ("Competition from other Chinese companies") may
             # share a phrase with another sentence; a topic lifted from one shares everything
             # (the sentence just before the content is its lead-in: "But Tencent may find its main
@@ -940,11 +953,14 @@ def check_topic(src: Analysis, topic: str, content: str) -> list[Finding]:
 
 
 def _lifted_phrase(topic: str, sent) -> bool:
-    """The topic is a noun phrase of `sent`, word for word (leading determiners aside)."""
+    """The topic is a noun phrase of `sent`, word for word (leading determiners aside): two words or
+    more, or one noun the sentence mentions only in passing, as the object of a preposition ("The press"
+    from "spoke with the press"; "Competition" from "may find its main competition ..." is its theme)."""
     words = re.findall(r"[a-z0-9']+", topic.lower())
     while words and words[0] in ("the", "a", "an", "this", "that", "these", "those", "its", "their", "his", "her"):
         words = words[1:]
-    if len(words) < 2:
+    if not words:
         return False
-    phrase = " ".join(words)
-    return any(phrase in " ".join(re.findall(r"[a-z0-9']+", chunk.text.lower())) for chunk in sent.noun_chunks)
+    phrase = f" {' '.join(words)} "
+    return any(phrase in f" {' '.join(re.findall(r'[a-z0-9]+', chunk.text.lower()))} "
+               and (len(words) >= 2 or chunk.root.dep_ == "pobj") for chunk in sent.noun_chunks)

@@ -326,10 +326,15 @@ def topics(sentence: str, other_sentences: list[str], rng: random.Random) -> tup
         t = rng.choice(chunks)
         return t[0].upper() + t[1:]
 
+    def forms(s: str) -> set:  # words without punctuation or a plural s: "Kiosk" is in 'Exit Kiosk"'
+        return {re.sub(r"(?<=\w{3})s$", "", w) for w in re.findall(r"[a-z0-9]+", s.lower())}
+
     right = title(sentence)
     wrong = None
     if other_sentences:
         cand = title(rng.choice(other_sentences))
-        if cand and right and not set(cand.lower().split()) & set(sentence.lower().split()):
+        # a wrong topic shares no word with the sentence: "Your sentences" over "the meaning of the
+        # sentence" would be a weak topic, not a wrong one
+        if cand and right and not forms(cand) & forms(sentence):
             wrong = cand
     return right, wrong

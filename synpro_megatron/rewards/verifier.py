@@ -44,7 +44,8 @@ from typing import Callable, Optional, Sequence
 from synpro_megatron.fsutil import cache_root
 
 LABELS = ("Faithful", "Unfaithful_Topic", "Unfaithful_Content")
-RECIPE_VERSION = 4  # 2: marked novel words, CLS + hypothesis-mean head; 3: paraphrase pairs; 4: function words unmarked
+RECIPE_VERSION = 5  # 2: marked novel words, CLS + hypothesis-mean head; 3: paraphrase pairs; 4: function words unmarked;
+# 5: a wrong Topic shares no word with its content, plurals and punctuation aside
 HELD_OUT_BUCKET = 0  # doc id hash % 10 == this: never trained on
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "assets" / "web_sample.jsonl.gz"
 
