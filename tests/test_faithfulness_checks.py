@@ -111,6 +111,25 @@ def test_a_price_or_a_negative_word_next_door_excuses_no_not():
     assert_edit_fails(source, faithful, "these terms make", "these terms not make", "negation")
 
 
+@pytest.mark.parametrize("source,rewrite", [
+    # the negation kept in a fragment the parser hangs on another word
+    ("My nice calm human still sometimes bangs pots and pans in the kitchen sink, making an awful noise that prompts "
+     "me to excuse myself through my door to visit the yard. But the world is becoming more peaceful, not so "
+     "interrupted by other dogs barking, trucks collecting trash, and screaming TVs.",
+     "Making an awful noise that prompts me to excuse myself through my door to visit the yard, my nice calm human "
+     "still sometimes bangs pots and pans in the kitchen sink. Not so interrupted by other dogs barking."),
+    # two clauses swapped: the negation moves with its clause
+    ("Tish tries to start a normal life, but her past is catching up with her. Someone is sabotaging her work, "
+     "and Brad hasn't called in months.",
+     "Tish tries to start a normal life, but her past is catching up with her. And Brad hasn't called in months, "
+     "someone is sabotaging her work."),
+])
+def test_a_negation_that_moves_with_its_words_passes(source, rewrite):
+    from synpro_megatron.rewards.checks import analyse_many, check_negation
+
+    assert check_negation(*analyse_many([source, rewrite])) == []
+
+
 def test_scores_are_one_figure_and_number_words_are_placed():
     source = ("Azarenka beat Stephens 6-1, 6-4 in the semi-final. Murray needed four and a half hours to beat Federer, "
               "who had rested for two days.")

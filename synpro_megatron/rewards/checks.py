@@ -670,12 +670,23 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
             seen = {src.predicates[j][v] for j in matches if v in src.predicates[j]}
             return seen.pop() if len(seen) == 1 else None
 
-        dropped = sorted(v for v, neg in out.predicates[oi].items() if not neg and polarity(v) is True)
+        # ... and only when the sentence has fewer (more) negations than the source sentences with the
+        # predicate: the parser may hang a "not" on another word of a fragment or a merged sentence
+        # ("Not so interrupted by other dogs barking" keeps the source's "not so interrupted")
+        out_count = out.negations[oi] + out.negative[oi]
+
+        def source_count(v):
+            return sum(src.negations[j] + src.negative[j] for j in matches if v in src.predicates[j])
+
+        dropped = sorted(v for v, neg in out.predicates[oi].items() if not neg and polarity(v) is True
+                         and out_count < source_count(v))
         # a negative word excuses a negated predicate only in a source sentence that has the predicate:
         # "refused to sign" -> "did not sign", but "rather than clarifies" next door excuses nothing
         added = sorted(v for v, neg in out.predicates[oi].items() if neg and polarity(v) is False
                        and not any(src.predicates[j].get(v) for j in near)
-                       and not any(src.negative[j] for j in matches if v in src.predicates[j]))
+                       and not any(src.negative[j] for j in matches if v in src.predicates[j])
+                       and out_count > source_count(v))
+        src_count = sum(src.negations[j] for j in matches)
         if dropped and not out.negative[oi]:
             findings.append(Finding("negation", f"'{dropped[0]}' is negated in the source, not here: {text!r}"))
         elif added:
@@ -683,7 +694,7 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
         elif (out.negations[oi] and not any(src.negations[j] for j in near) and not src_negative
               and not any(src.negative[j] for j in near)):
             findings.append(Finding("negation", f"negation added: {text!r}"))
-        elif best >= 0.7 and out.negations[oi] > sum(src.negations[j] for j in matches) and not src_negative:
+        elif best >= 0.7 and out.negations[oi] > src_count and not src_negative:
             # a close rewrite with more negations than the sentences it rewrites: "is not the largest of
             # the chameleons not native to Madagascar" for "is the largest of the chameleons not native ..."
             findings.append(Finding("negation", f"negation added: {text!r}"))
