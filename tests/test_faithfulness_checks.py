@@ -97,12 +97,13 @@ def test_a_price_or_a_negative_word_next_door_excuses_no_not():
     """"free" as a price may become "costs nothing", but excuses no "not" on a predicate; "rather than"
     in another sentence excuses no "not" on a predicate of this one (both slipped through before)."""
     source = ("Capital Services has launched a new community discount card program called Capital Advantage. The "
-              "program is free and easy to use, and members can start saving at once. Click the My Capital Advantage "
-              "tab for more information.")
+              "program is free and easy to use, and every member can start saving at once. Click the My Capital "
+              "Advantage tab for more information.")
     faithful = ("Capital Services has started a new community discount card program, Capital Advantage. The program "
-                "costs nothing and is easy to use, and members can begin saving right away. More information is under "
-                "the My Capital Advantage tab.")
-    assert_edit_fails(source, faithful, "members can begin", "members can not begin", "negation")
+                "costs nothing and is easy to use, and every member can begin saving at no cost right away. More "
+                "information is under the My Capital Advantage tab.")
+    assert_edit_fails(source, faithful, "every member can begin", "every member can not begin", "negation")
+    assert_edit_fails(source, faithful, "every member can begin", "no member can begin", "negation")
     assert_edit_fails(source, faithful, "The program costs nothing and is", "The program is not free and is", "negation")
     source = ("'In terms of' confuses, rather than clarifies, your sentences and their meaning. How would these terms "
               "make the meaning of a sentence any clearer? So we do not want to hear any more 'in terms of' sentences.")

@@ -211,7 +211,6 @@ _QUANTIFIER_GROUPS = {
 _NEGATIVE_WORDS = frozenset({"against", "refuse", "decline", "deny", "fail", "reject", "lack", "instead", "rather",
                              "absent", "unable", "avoid", "stop", "cease", "abandon", "terminate", "unlikely",
                              "rule", "drop", "miss", "lose", "free", "ban", "prevent", "forbid", "only"})
-_DETERMINER_NEGATIONS = frozenset({"no", "nothing", "none", "without"})
 _NEGATIVE_NON_VERBS = frozenset({"against", "instead", "rather", "absent", "unable", "unlikely", "free", "lack",
                                  "only"})
 _STRONG_QUANTIFIERS = frozenset({"all", "always", "most", "never", "none", "few", "rarely"})
@@ -662,9 +661,11 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
         text = sent.text.strip()[:90]
         near = _window(matches, len(src.sentences))
         src_negative = any(src.negative[j] for j in matches)  # "refused to sign" may become "did not sign"
-        # a price ("is free", "for free") may be said as "no cost" or "nothing", not with a "not"
-        if not src_negative and any(t.lower_ == "free" for j in matches for t in src.sentences[j]):
-            src_negative = all(t.lower_ in _DETERMINER_NEGATIONS for t in sent if _is_negation(t))
+        # a price ("is free", "for free") may be said as "no cost" or "costs nothing", not with a "not"
+        # (nor "no course")
+        price = (any(t.lower_ == "free" for j in matches for t in src.sentences[j])
+                 and all(_price_negation(t) for t in sent if _is_negation(t)))
+        src_negative = src_negative or price
 
         def polarity(v):  # True/False when the matched source sentences use v with one polarity only
             seen = {src.predicates[j][v] for j in matches if v in src.predicates[j]}
@@ -682,7 +683,7 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
                          and out_count < source_count(v))
         # a negative word excuses a negated predicate only in a source sentence that has the predicate:
         # "refused to sign" -> "did not sign", but "rather than clarifies" next door excuses nothing
-        added = sorted(v for v, neg in out.predicates[oi].items() if neg and polarity(v) is False
+        added = sorted(v for v, neg in out.predicates[oi].items() if neg and polarity(v) is False and not price
                        and not any(src.predicates[j].get(v) for j in near)
                        and not any(src.negative[j] for j in matches if v in src.predicates[j])
                        and out_count > source_count(v))
@@ -699,6 +700,17 @@ def check_negation(src: Analysis, out: Analysis) -> list[Finding]:
             # the chameleons not native to Madagascar" for "is the largest of the chameleons not native ..."
             findings.append(Finding("negation", f"negation added: {text!r}"))
     return findings
+
+
+_PRICE_WORDS = frozenset({"cost", "charge", "fee", "price", "pay", "payment", "money", "cent", "dime", "penny"})
+
+
+def _price_negation(tok) -> bool:
+    """ "costs nothing", "at no cost", "without paying": how a rewrite may say "free"."""
+    if tok.lower_ == "nothing":
+        return True
+    after = tok.doc[tok.i + 1:tok.i + 4]
+    return tok.lower_ in ("no", "without") and any(_lemma(t) in _PRICE_WORDS for t in after)
 
 
 def check_quantifiers(src: Analysis, out: Analysis) -> list[Finding]:
