@@ -277,3 +277,13 @@ def test_an_all_failing_group_still_has_ordered_advantages(docs):  # noqa: F811
     # with a passing completion in the group, it ranks above every failure
     mixed, rows = reward.score([source] * 4, completions + [f"{REPHRASE_LEAD}\n{SYSCO_FAITHFUL}"], group_keys=["g"] * 4)
     assert rows[3]["passed"] and mixed[3] > max(mixed[:3])
+
+
+def test_initials_of_a_name_the_source_spells_out_are_that_name():
+    """A real SmolLM2 rewrite shortened "the Los Angeles Police Department" to "the LA police" (a person
+    calls it faithful; the gate rejected it as a new place); initials of no source name still fail."""
+    source = ("Key to our success as a leader in commercial office safety is our relationships with the Los Angeles "
+              "Police Department and other police agencies. We meet with their officers every month.")
+    faithful = ("Our success as a leader in commercial office safety rests on our ties with the LA police and other "
+                "police agencies. We meet their officers every month.")
+    assert_edit_fails(source, faithful, "the LA police", "the NYPD", "entity")

@@ -600,7 +600,11 @@ def _entity_in(words: frozenset, ents, lemmas: set) -> bool:
 def check_entities(src: Analysis, out: Analysis) -> list[Finding]:
     findings = []
     # every word of the source as the entity words are cut ("PS3", "x2019" are not alphabetic tokens)
-    src_words = src.all_lemmas | {w for e in src.entities for w in e[0]} | set(re.findall(r"[a-z0-9]+", src.text.lower()))
+    # (and the initials of its names: "LA" for "Los Angeles")
+    from synpro_megatron.rewards.faithfulness import source_acronyms
+
+    src_words = (src.all_lemmas | {w for e in src.entities for w in e[0]} | set(re.findall(r"[a-z0-9]+", src.text.lower()))
+                 | source_acronyms(src.text))
     for words, text, label, oi in out.entities:
         if not all(w in src_words or w.rstrip("s") in src_words for w in words):
             findings.append(Finding("entity", f"'{text}' ({label}) is not named in the source"))

@@ -246,6 +246,24 @@ def source_number_set(text: str) -> set[str]:
     return nums
 
 
+_NAME_RUN = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:(?:of|and|for|the|de)\s+)?[A-Z][\w'’-]*)+")
+
+
+def source_acronyms(text: str) -> set[str]:
+    """Initials of the source's multi-word names, lower case, with and without their small words:
+    "la" and "lapd" for "Los Angeles Police Department", "fcra" for "Fair Credit Reporting Act"
+    (a rewrite may shorten a name the source spells out)."""
+    found = set()
+    for m in _NAME_RUN.finditer(text):
+        names = [w for w in m.group().split() if w[0].isupper()]
+        found.add("".join(w[0] for w in m.group().split()).lower())
+        for i in range(len(names)):  # a leading or trailing part of it: "LA", "PD"
+            for j in range(i + 2, len(names) + 1):
+                if i == 0 or j == len(names):
+                    found.add("".join(w[0] for w in names[i:j]).lower())
+    return found
+
+
 def _ngrams(tokens: Sequence[str], n: int) -> list[tuple]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
@@ -281,7 +299,8 @@ def _source_features(source: str):
         units += [c for sent in sentences for c in _loose_clauses(sent)]
         emb = sentence_encoder().encode(units, convert_to_tensor=True, normalize_embeddings=True,
                                         batch_size=64, show_progress_bar=False)
-        tokens = {_stem(w) for w in words(source)} | set(words(source))
+        # a source name's initials count as its words ("LA" for "Los Angeles")
+        tokens = {_stem(w) for w in words(source)} | set(words(source)) | source_acronyms(source)
         return units, emb, tokens, source_number_set(source)
 
     return _SOURCE_CACHE.get_or(key, make)
