@@ -287,3 +287,18 @@ def test_initials_of_a_name_the_source_spells_out_are_that_name():
     faithful = ("Our success as a leader in commercial office safety rests on our ties with the LA police and other "
                 "police agencies. We meet their officers every month.")
     assert_edit_fails(source, faithful, "the LA police", "the NYPD", "entity")
+
+
+def test_a_question_turned_into_a_statement_fails():
+    """A real SmolLM2 rewrite: the source asks whether she should return, the rewrite says she should.
+    Keeping the question, or saying it stays open ("whether"), passes."""
+    source = ("When readers last saw Tish Amble she was running for her life. Someone is sabotaging her work, and Brad "
+              "hasn't called in months. Should she return to Michigan to find out what has happened?")
+    faithful = ("Tish Amble was last seen running for her life. Someone is sabotaging her work and Brad has not called "
+                "in months. Should she return to Michigan to learn what has happened?")
+    assert_edit_fails(source, faithful, "Should she return to Michigan to learn what has happened?",
+                      "She should return to Michigan to learn what has happened.", "addition")
+    still_open = faithful.replace("Should she return to Michigan to learn what has happened?",
+                                  "She must decide whether to return to Michigan to learn what has happened.")
+    result = faithfulness(source, still_open, config=OFF)
+    assert result.passed, result.reasons

@@ -16,7 +16,8 @@ Each check returns `Finding`s, one clear reason per problem, with an error kind:
   quantifier  a quantifier ("all", "most", "never", ...) the matching source sentences do not use
   addition    an appositive or relative clause whose content words the source does not have
               ("Sysco, a company founded in 1969 by nine distributors, ..."), or a sentence that
-              matches no source sentence (an invented claim, on topic or not)
+              matches no source sentence (an invented claim, on topic or not), or a statement of
+              what a source question only asks ("Should she return?" -> "she should return")
 
 `coverage(source, output)` is the recall side: the share of the source's content sentences whose
 content words survive in the output.
@@ -870,8 +871,48 @@ def _named_together(text: str, a: str, b: str) -> bool:
     return any(re.search(re.escape(x) + f"(?:{alias})" + re.escape(y), low) for x, y in ((a, b), (b, a)))
 
 
+_YES_NO_OPENERS = frozenset("should would could can will shall must may might is are was were do does did has have "
+                            "had".split())
+# words that keep a question open in a statement: "she must decide whether to return"
+_OPEN_QUESTION_WORDS = frozenset("whether if ask wonder question decide unclear unsure unknown perhaps maybe consider "
+                                 "might".split())
+
+
+def check_questions(src: Analysis, out: Analysis) -> list[Finding]:
+    """A yes/no question of the source turned into a statement asserts what the source only asks
+    ("Should she return to Michigan?" -> "she should return to Michigan", a real SmolLM2 rewrite).
+    Only when the statement keeps the question's opening verb and its main verb, says nothing that
+    keeps the question open ("whether", "decide", ...), and the question is not a rhetorical negative
+    ("Isn't it great?")."""
+    questions = {}
+    for j, sent in enumerate(src.sentences):
+        words = [t for t in sent if t.is_alpha]
+        if (sent.text.strip().endswith("?") and words and words[0].lower_ in _YES_NO_OPENERS
+                and not src.negations[j]):
+            questions[j] = (words[0].lower_, _lemma(sent.root))
+    if not questions:
+        return []
+    findings = []
+    for oi, sent in enumerate(out.sentences):
+        if sent.text.strip().endswith("?"):
+            continue
+        matches, best = matching_sentences(src, out, oi)
+        lowers = {t.lower_ for t in sent}
+        lemmas = {_lemma(t) for t in sent}
+        for j in matches:
+            if best >= 0.5 and j in questions and not lowers & _OPEN_QUESTION_WORDS:
+                opener, verb = questions[j]
+                if opener in lowers and verb in lemmas:
+                    findings.append(Finding("addition", f"asserts what the source asks "
+                                                        f"({src.sentences[j].text.strip()[:60]!r}): "
+                                                        f"{sent.text.strip()[:80]!r}"))
+                    break
+    return findings
+
+
 ALL_CHECKS = (check_numbers, check_dates, check_entities, check_entity_replacements, check_attachments,
-              check_relations, check_order_swaps, check_negation, check_quantifiers, check_additions)
+              check_relations, check_order_swaps, check_negation, check_quantifiers, check_additions,
+              check_questions)
 
 
 def structured_findings(source: str, output: str) -> list[Finding]:
