@@ -80,20 +80,27 @@ def define_recipes(size_name: str, size: Size, module: str):
     def generator_rl_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
                             num_gpus_per_node: Optional[int] = None, kind: str = "rephrase", round: int = 1,
                             checkpoint: Optional[str] = None, args: Optional[List[str]] = None,
+                            judge_model: Optional[str] = None, quality_model: Optional[str] = None,
+                            verifier: str = "auto", verifier_rejects: bool = False,
                             fn: Callable = tasks.generator_rl_task) -> run.Partial:
-        """GRPO training of the rephrase/reformat generator against this model's checkpoint."""
+        """GRPO training of the rephrase/reformat generator against this model's checkpoint
+        (recipe.judge_model = "/models/Qwen3-1.7B" puts an LLM faithfulness judge in the reward)."""
         return run.Partial(fn, run_dir=run_dir(dir, name), num_nodes=num_nodes,
                            num_gpus_per_node=num_gpus_per_node or size.num_gpus_per_node, kind=kind, round=round,
-                           checkpoint=checkpoint, args=list(args or []))
+                           checkpoint=checkpoint, args=list(args or []), judge_model=judge_model,
+                           quality_model=quality_model, verifier=verifier, verifier_rejects=verifier_rejects)
 
     def synthesis_recipe(dir: Optional[str] = None, name: str = "default", num_nodes: int = 1,
                          num_gpus_per_node: Optional[int] = None, kind: str = "rephrase", round: int = 1,
                          generator: Optional[str] = None, args: Optional[List[str]] = None,
+                         judge_model: Optional[str] = None, verifier: str = "auto", verifier_rejects: bool = False,
                          fn: Callable = tasks.synthesis_task) -> run.Partial:
-        """Synthesis of round ROUND with the trained KIND generator."""
+        """Synthesis of round ROUND with the trained KIND generator (judge_model, verifier and
+        verifier_rejects choose the faithfulness gate)."""
         return run.Partial(fn, run_dir=run_dir(dir, name), num_nodes=num_nodes,
                            num_gpus_per_node=num_gpus_per_node or size.num_gpus_per_node, kind=kind, round=round,
-                           generator=generator, args=list(args or []))
+                           generator=generator, args=list(args or []), judge_model=judge_model, verifier=verifier,
+                           verifier_rejects=verifier_rejects)
 
     def blend_recipe(dir: Optional[str] = None, name: str = "default", round: int = 1,
                      kinds: Optional[List[str]] = None, organic: float = 0.5, new_round: Optional[dict] = None,

@@ -48,10 +48,16 @@ def synpro_pipeline(
     data: Optional[str] = None,
     title: Optional[str] = None,
     base_dir: Optional[str] = None,
+    judge_model: Optional[str] = None,
+    quality_model: Optional[str] = None,
+    verifier: str = "auto",
+    verifier_rejects: bool = False,
 ) -> run.Experiment:
     """Build (not run) the experiment. `executor`: a LocalExecutor/SlurmExecutor template
     (default: local); every stage gets a copy sized for it. `refresh_at_sample`: where the first
-    pretrain job stops and the new round starts (default: half the run)."""
+    pretrain job stops and the new round starts (default: half the run). `judge_model`,
+    `quality_model`, `verifier`, `verifier_rejects`: the reward models of the generator and
+    synthesis jobs (an LLM judge and a quality scorer by model path, served by vLLM on GPU)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     mod = SIZES[size]
@@ -81,11 +87,14 @@ def synpro_pipeline(
         probe_id = exp.add(probe, executor=copy.deepcopy(single_ex), name="probe", dependencies=[pretrain_id])
         synth_ids = []
         for kind in kinds:
-            gen = mod.generator_rl_recipe(dir=dir, name=name, kind=kind, round=round, num_gpus_per_node=gpus)
+            gen = mod.generator_rl_recipe(dir=dir, name=name, kind=kind, round=round, num_gpus_per_node=gpus,
+                                          judge_model=judge_model, quality_model=quality_model, verifier=verifier,
+                                          verifier_rejects=verifier_rejects)
             gen.payload = payload
             gen_id = exp.add(gen, executor=copy.deepcopy(single_ex), name=f"generator-{kind}",
                              dependencies=[probe_id])
-            syn = mod.synthesis_recipe(dir=dir, name=name, kind=kind, round=round, num_gpus_per_node=gpus)
+            syn = mod.synthesis_recipe(dir=dir, name=name, kind=kind, round=round, num_gpus_per_node=gpus,
+                                       judge_model=judge_model, verifier=verifier, verifier_rejects=verifier_rejects)
             syn.payload = payload
             synth_ids.append(exp.add(syn, executor=copy.deepcopy(single_ex), name=f"synthesis-{kind}",
                                      dependencies=[gen_id]))

@@ -67,6 +67,46 @@ def test_recipe_overrides_by_attribute_reach_the_stage(tmp_path, monkeypatch):
         fdl.build(r)()
 
 
+def test_reward_models_set_on_a_recipe_reach_the_commands(tmp_path, monkeypatch):
+    """recipe.judge_model / quality_model / verifier_rejects become the flags of the `synpro
+    train-generator` and `synpro synthesize` commands the stage runs, and those flags the reward
+    configs (the runner that would start the command is replaced: it records the arguments)."""
+    from synpro_megatron.cli import build_parser
+    from synpro_megatron.rewards.cli import reward_configs
+
+    commands = {}
+
+    class Recorded(Exception):
+        pass
+
+    class Recorder:
+        def train_generator(self, kind, run_dir, round, checkpoint, args):
+            commands["train-generator"] = ["train-generator", "--kind", kind, "--run-dir", run_dir, *args]
+            raise Recorded
+
+        def synthesize(self, kind, run_dir, round, generator, args):
+            commands["synthesize"] = ["synthesize", "--kind", kind, "--run-dir", run_dir, "--round", str(round), *args]
+            raise Recorded
+
+    monkeypatch.setattr(tasks, "_runner", lambda payload: Recorder())
+    monkeypatch.setattr(tasks, "_checkpoint", lambda layout, ckpt: "/ckpt/iter_0000010")
+    fdl = __import__("fiddle")
+    gen = synpro_1b.generator_rl_recipe(dir=str(tmp_path), name="exp", kind="reformat")
+    gen.judge_model = "/models/Qwen3-1.7B"
+    gen.quality_model = "/models/dataman"
+    gen.verifier_rejects = True
+    syn = synpro_1b.synthesis_recipe(dir=str(tmp_path), name="exp", kind="reformat")
+    syn.judge_model = "/models/Qwen3-1.7B"
+    for recipe in (gen, syn):
+        with pytest.raises(Recorded):
+            fdl.build(recipe)()
+    faith, quality = reward_configs(build_parser().parse_args(commands["train-generator"]))
+    assert faith.judge_model == "/models/Qwen3-1.7B" and faith.verifier_rejects
+    assert quality.classifier_model == "/models/dataman"
+    faith, _ = reward_configs(build_parser().parse_args(commands["synthesize"]))
+    assert faith.judge_model == "/models/Qwen3-1.7B" and not faith.verifier_rejects
+
+
 def test_size_modules_hold_only_what_differs():
     import inspect
 
@@ -137,7 +177,7 @@ RENDER = textwrap.dedent("""
     ex = slurm_executor("acct", "batch", nodes=2, gpus_per_node=8, time="02:00:00", packager=run.Packager(),
                         tunnel=run.LocalTunnel(job_dir=os.path.join(out, "experiments")))
     exp = synpro_pipeline("1b", dir="/lustre/runs", name="r1", executor=ex, num_nodes=2, base_dir=out,
-                          refresh_at_sample=51200)
+                          refresh_at_sample=51200, judge_model="/models/Qwen3-1.7B")
     exp.dryrun(log=False, delete_exp_dir=False)
     deps = {j.id: sorted(j.dependencies) for j in exp.jobs}
     json.dump({"deps": deps, "scripts": sorted(glob.glob(out + "/**/*_sbatch.sh", recursive=True))},
@@ -206,6 +246,9 @@ def test_rendered_task_configs(rendered):
     assert "blend_schedule: /lustre/runs/r1/blend/schedule_round_1.json" in cfgs["pretrain-resume"]
     assert "round1_reformat: /lustre/runs/r1/synthetic/round_1/reformat" in cfgs["pretrain-resume"]
     assert "kind: reformat" in cfgs["generator-reformat"]
+    # the LLM judge the pipeline names reaches the generator and synthesis jobs
+    assert "judge_model: /models/Qwen3-1.7B" in cfgs["generator-reformat"]
+    assert "judge_model: /models/Qwen3-1.7B" in cfgs["synthesis-rephrase"]
     assert "_target_: synpro_megatron.loop.tasks.probe_task" in cfgs["probe"]
 
 

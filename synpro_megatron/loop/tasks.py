@@ -114,15 +114,29 @@ def probe_task(run_dir: str, round: int = 1, num_nodes: int = 1, num_gpus_per_no
     return {"probe": layout.probe_dir(round), "checkpoint": ckpt}
 
 
+def _reward_model_args(stage: str, judge_model: Optional[str], quality_model: Optional[str], verifier: str,
+                       verifier_rejects: bool) -> List[str]:
+    """The reward models a recipe names, as the flags the loop config gives the same commands."""
+    from .config import GeneratorConfig
+
+    return GeneratorConfig(judge_model=judge_model, quality_model=quality_model, verifier=verifier,
+                           verifier_rejects=verifier_rejects).reward_model_args(stage)
+
+
 def generator_rl_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_nodes: int = 1,
                       num_gpus_per_node: int = 1, checkpoint: Optional[str] = None,
-                      args: Optional[List[str]] = None, payload: str = "real") -> dict:
-    """GRPO-train the `kind` generator against `checkpoint` (default: the newest)."""
+                      args: Optional[List[str]] = None, payload: str = "real", judge_model: Optional[str] = None,
+                      quality_model: Optional[str] = None, verifier: str = "auto",
+                      verifier_rejects: bool = False) -> dict:
+    """GRPO-train the `kind` generator against `checkpoint` (default: the newest). `judge_model` (an
+    LLM faithfulness judge), `quality_model`, `verifier` and `verifier_rejects` choose the reward
+    models as `synpro train-generator --judge-model ...` does."""
     if _not_rank0():
         return {"generator": None, "rank": int(os.environ["RANK"])}
     layout = RunDir(run_dir)
     ckpt = _checkpoint(layout, checkpoint)
-    _runner(payload).train_generator(kind, run_dir, round, ckpt, args or [])
+    flags = _reward_model_args("train", judge_model, quality_model, verifier, verifier_rejects)
+    _runner(payload).train_generator(kind, run_dir, round, ckpt, flags + list(args or []))
     out = layout.generator_dir(round, kind)
     if not dir_has_files(out):
         raise FileNotFoundError(f"train-generator wrote no generator under {out}")
@@ -131,12 +145,16 @@ def generator_rl_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_
 
 def synthesis_task(run_dir: str, kind: str = "rephrase", round: int = 1, num_nodes: int = 1,
                    num_gpus_per_node: int = 1, generator: Optional[str] = None,
-                   args: Optional[List[str]] = None, payload: str = "real") -> dict:
-    """Write round `round` of `kind` synthetic data with the trained generator."""
+                   args: Optional[List[str]] = None, payload: str = "real", judge_model: Optional[str] = None,
+                   verifier: str = "auto", verifier_rejects: bool = False) -> dict:
+    """Write round `round` of `kind` synthetic data with the trained generator; `judge_model`,
+    `verifier` and `verifier_rejects` choose the faithfulness gate as `synpro synthesize` flags do."""
     if _not_rank0():
         return {"prefix": None, "rank": int(os.environ["RANK"])}
     layout = RunDir(run_dir)
-    _runner(payload).synthesize(kind, run_dir, round, generator or layout.generator_dir(round, kind), args or [])
+    flags = _reward_model_args("synth", judge_model, None, verifier, verifier_rejects)
+    _runner(payload).synthesize(kind, run_dir, round, generator or layout.generator_dir(round, kind),
+                                flags + list(args or []))
     prefix = layout.synthetic_prefix(round, kind)
     _require([prefix + ".bin", prefix + ".idx"], "synthesize")
     return {"prefix": prefix}
